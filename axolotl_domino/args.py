@@ -1,0 +1,127 @@
+"""The `domino:` config block: one pydantic model per pipeline stage, merged into Axolotl's schema.
+
+Axolotl mixes `DominoArgs` into its own config model (see `DominoPlugin.get_input_args`), so
+everything DOMINO needs lives under one top-level key and is validated, with the key named in
+the error, before any model is loaded. Unknown keys inside `domino:` are errors (Axolotl itself
+drops unknown top-level keys silently, which hides typos).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Block(BaseModel):
+    """Base of every `domino:` sub-block: typos are errors, not silently ignored keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReferencesConfig(_Block):
+    """`domino.references`: the few reference samples the domain is induced from."""
+
+    path: str = Field(
+        description="JSON Lines file, one reference per line (e.g. data/mbpp/references_train100.jsonl). "
+        "Relative paths are resolved from the directory `axolotl` is run in."
+    )
+    field: str = Field(default="text", description="Key of each JSON object that holds the reference text.")
+    format: Literal["text", "chat"] = Field(
+        default="text",
+        description="How a reference becomes tokens: `text` = the raw text followed by EOS; "
+        "`chat` = the text as one `chat_role` turn rendered with the tokenizer's chat template.",
+    )
+    chat_role: Literal["user", "assistant", "system"] = Field(
+        default="user", description="Role of the turn when `format: chat`."
+    )
+    max_tokens: int = Field(
+        default=1024, ge=1, description="References longer than this many tokens are truncated (and counted)."
+    )
+
+    @model_validator(mode="after")
+    def _file_exists(self) -> "ReferencesConfig":
+        file = Path(self.path).expanduser()
+        if not file.is_file():
+            where = "does not exist" if not file.exists() else "is not a file"
+            raise ValueError(
+                f"domino.references.path: '{self.path}' {where} (resolved from {Path.cwd()}). "
+                "Point it at a JSON Lines file with one reference per line."
+            )
+        return self
+
+
+class InductionConfig(_Block):
+    """`domino.induction`: the soft tokens and the contrastive disentanglement loss (METHOD.md)."""
+
+    num_domain_tokens: int = Field(default=256, ge=1, description="k: domain soft tokens D shared by all references.")
+    num_sample_tokens: int = Field(
+        default=256,
+        ge=0,
+        description="l: sample soft tokens S_i per reference. 0 means plain prompt tuning (L1 only).",
+    )
+    sample_token_rank: int | None = Field(
+        default=None,
+        ge=1,
+        description="If set, S_i = A_i @ B with A_i (l x rank) private and B (rank x hidden) shared: "
+        "S costs n*l*rank floats instead of n*l*hidden (see README, memory of S).",
+    )
+    init: Literal["random", "text"] = Field(
+        default="random",
+        description="`random`: normal noise scaled to the mean norm of the model's token embeddings; "
+        "`text`: the embeddings of `init_text`, repeated to length.",
+    )
+    init_text: str | None = Field(default=None, description="Text whose token embeddings initialise D when `init: text`.")
+    contrastive_weight: float = Field(default=1.0, ge=0.0, description="lambda in L = L1 + lambda * L2.")
+    likelihood: Literal["length_normalized", "sequence"] = Field(
+        default="length_normalized",
+        description="p(X|.) as exp(mean token log-prob) (research code) or the full sequence probability (paper).",
+    )
+    negatives: Literal["in_batch", "sampled"] = Field(
+        default="in_batch",
+        description="Negatives X_j of anchor i: the other references of the micro-batch, or `num_negatives` "
+        "drawn from all references each step.",
+    )
+    num_negatives: int = Field(default=2, ge=1, description="K negatives per anchor when `negatives: sampled`.")
+    l1_only: bool = Field(
+        default=False,
+        description="Train D with L1 alone (the plain prompt-tuning baseline). Implied by num_sample_tokens: 0.",
+    )
+    seed: int = Field(default=0, description="Seed of the soft-token initialisation and of sampled negatives.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "InductionConfig":
+        if self.init == "text" and not self.init_text:
+            raise ValueError("domino.induction.init_text: required when init is 'text' (or set init: random).")
+        if self.l1_only and self.num_sample_tokens > 0:
+            raise ValueError(
+                "domino.induction.num_sample_tokens: must be 0 when l1_only is true "
+                "(S is unused by L1); set num_sample_tokens: 0 or l1_only: false."
+            )
+        if self.num_sample_tokens == 0:
+            self.l1_only = True
+        return self
+
+
+class DominoConfig(_Block):
+    """The whole `domino:` block."""
+
+    references: ReferencesConfig = Field(description="The reference samples of the domain.")
+    induction: InductionConfig = Field(default_factory=InductionConfig, description="Domain induction.")
+    output_dir: str = Field(
+        default="domino_out", description="Where every DOMINO stage writes its outputs (soft tokens, datasets)."
+    )
+    cpu_safe_defaults: bool = Field(
+        default=True,
+        description="Without CUDA, set precision, attention and LoRA-kernel options that run on CPU "
+        "(each change is logged) and reject settings that cannot.",
+    )
+
+
+class DominoArgs(BaseModel):
+    """Mixed into Axolotl's config model: adds the optional top-level `domino:` key."""
+
+    domino: DominoConfig | None = Field(
+        default=None, description="DOMINO settings; without this block the plugin does nothing."
+    )

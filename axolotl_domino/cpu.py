@@ -1,0 +1,97 @@
+"""Make an Axolotl config run on a machine without CUDA, or say clearly why it cannot.
+
+Axolotl 0.19 assumes a GPU in several defaults: `bf16: auto` turns on fp16 autocast on CPU,
+the LoRA fused kernels are auto-enabled and allocate CUDA tensors, and a multi-process CPU
+launch gets an integer (GPU) device map. This module fixes what has a CPU equivalent, logs
+every change, and rejects what has none, before validation and before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from typing import Any
+
+LOG = logging.getLogger("axolotl_domino.cpu")
+
+LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
+CUDA_ONLY_ATTENTION = ("flash_attention", "xformers_attention", "s2_attention", "flex_attention")
+
+
+class CpuConfigError(ValueError):
+    """A setting in the YAML that cannot work without CUDA."""
+
+
+def _unset_or_auto(value: Any) -> bool:
+    return value is None or value == "auto"
+
+
+def apply_cpu_defaults(cfg: MutableMapping[str, Any]) -> list[str]:
+    """Rewrite the raw (unvalidated) config in place for CPU; return the changes made.
+
+    Raises `CpuConfigError` listing every setting that needs CUDA, with its fix.
+    """
+    errors: list[str] = []
+    changes: list[str] = []
+
+    def set_value(key: str, value: Any, why: str) -> None:
+        cfg[key] = value
+        changes.append(f"{key}: {value}  ({why})")
+
+    for key in CUDA_ONLY_ATTENTION:
+        if cfg.get(key):
+            errors.append(f"{key}: true needs CUDA; remove it (sdpa attention is used on CPU)")
+    attn = str(cfg.get("attn_implementation") or "")
+    if attn.startswith("flash") or attn in ("xformers", "flex_attention"):
+        errors.append(f"attn_implementation: {attn} needs CUDA; use sdpa or eager")
+    if cfg.get("fp16") is True:
+        errors.append("fp16: true needs CUDA (fp16 autocast/GradScaler); set fp16: false")
+    for key in ("load_in_4bit", "load_in_8bit"):
+        if cfg.get(key):
+            errors.append(f"{key}: true needs bitsandbytes on CUDA; remove it (use adapter: lora)")
+    if cfg.get("adapter") == "qlora":
+        errors.append("adapter: qlora needs CUDA; use adapter: lora")
+    if cfg.get("deepspeed"):
+        errors.append("deepspeed: Axolotl 0.19 sets DeepSpeed up with NCCL, which needs GPUs; remove it on CPU")
+    for key in LORA_KERNELS:
+        if cfg.get(key) is True:
+            errors.append(f"{key}: true needs CUDA; set {key}: false")
+    if errors:
+        raise CpuConfigError(
+            "No CUDA device is available and the config asks for GPU-only features:\n  - "
+            + "\n  - ".join(errors)
+            + "\n(Set `domino.cpu_safe_defaults: false` to skip these checks.)"
+        )
+
+    if _unset_or_auto(cfg.get("bf16")):
+        set_value("bf16", False, "bf16: auto would turn on fp16 autocast on CPU")
+    if cfg.get("fp16") is None:
+        set_value("fp16", False, "fp16 needs CUDA")
+    if cfg.get("tf32"):
+        set_value("tf32", False, "tf32 is a CUDA matmul mode")
+    if cfg.get("adapter") == "lora":
+        for key in LORA_KERNELS:
+            if cfg.get(key) is None:
+                set_value(key, False, "Axolotl auto-enables this CUDA kernel for LoRA")
+    for change in changes:
+        LOG.info("domino: no CUDA, setting %s", change)
+    return changes
+
+
+def cpu_device_map(cfg: MutableMapping[str, Any]) -> None:
+    """Keep every rank of a multi-process CPU launch on the CPU.
+
+    `normalize_config` gives `world_size > 1` runs an integer device index, which
+    `from_pretrained` treats as an accelerator and fails on ("Cannot access accelerator device").
+    """
+    if (cfg.get("world_size") or 1) > 1 and str(cfg.get("device", "cpu")).startswith("cpu"):
+        if cfg.get("device_map") not in (None, {"": "cpu"}):
+            LOG.info("domino: no CUDA, setting device_map: {'': 'cpu'} for %s CPU ranks", cfg.get("world_size"))
+            cfg["device_map"] = {"": "cpu"}
+
+
+def cuda_available() -> bool:
+    """Whether a CUDA device can be used (imported lazily: `register` runs before torch is needed)."""
+    import torch
+
+    return torch.cuda.is_available()

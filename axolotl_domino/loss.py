@@ -1,0 +1,155 @@
+"""The DOMINO objective, L = L1 + lambda * L2 (METHOD.md, paper Eq. 1-3), read top to bottom.
+
+    L1 = -(1/B) sum_i log p(X_i | D)                                      sufficiency
+    L2 = -(1/B) sum_i [ log p(X_i | D, S_i) - log sum_{j in neg(i)} p(X_j | D, S_i) ]   contrastive
+
+`log p(X | prefix)` is the sum of X's token log-probs (`sequence`) or their mean
+(`length_normalized`, the research code's choice). X ends with an EOS target; pad positions
+never count.
+
+Speed: every sequence starts with D and every pair with anchor i starts with [D; S_i]. With
+`share_prefix=True` D is run once per step, then [S_i] once per anchor on top of D's key/value
+cache, and each X_j is scored against the cached prefix it needs. Gradients flow back through
+the caches into D and S. `share_prefix=False` runs every sequence in full (the naive
+computation, kept as the reference the tests and the benchmark compare against).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import DynamicCache, PreTrainedModel
+
+
+@dataclass
+class DominoLossOutput:
+    loss: Tensor  # L1 + lambda * L2 (L1 alone without sample tokens)
+    l1: Tensor
+    l2: Tensor | None  # None when there is no contrastive term
+    accuracy: Tensor | None  # share of anchors whose own X_i beats every negative under [D; S_i]
+
+
+def in_batch_negatives(batch_size: int, device: torch.device | None = None) -> Tensor:
+    """Row j != i of the batch for every anchor i: shape [B, B-1]."""
+    rows = torch.arange(batch_size, device=device)
+    return torch.stack([torch.cat([rows[:i], rows[i + 1 :]]) for i in range(batch_size)])
+
+
+def sequence_logprob(logits: Tensor, targets: Tensor, mask: Tensor, length_normalized: bool) -> Tensor:
+    """log p(X | prefix) per row from the logits that predict each target token: [N, T, V] -> [N]."""
+    token_logp = -F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # [N, T]
+    mask = mask.to(token_logp.dtype)
+    total = (token_logp * mask).sum(-1)
+    return total / mask.sum(-1).clamp(min=1) if length_normalized else total
+
+
+@dataclass
+class _Prefix:
+    """A prefix that has been run: its key/value cache and the logits predicting the next token."""
+
+    kv: list[tuple[Tensor, Tensor]]  # per layer, [P, heads, length, head_dim]
+    last_logits: Tensor  # [P, V]
+    length: int
+
+
+def _run_prefix(model: PreTrainedModel, embeds: Tensor, past: _Prefix | None = None) -> _Prefix:
+    """Run `embeds` ([P, p, h]) after `past` (row i continues past row i) and keep its cache."""
+    n, p = embeds.shape[:2]
+    cache, past_len = None, 0
+    if past is not None:
+        cache = DynamicCache(ddp_cache_data=past.kv, config=model.config)
+        past_len = past.length
+    mask = torch.ones(n, past_len + p, dtype=torch.long, device=embeds.device)
+    out = model(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    kv = [(keys, values) for keys, values, *_ in out.past_key_values]
+    return _Prefix(kv=kv, last_logits=out.logits[:, -1], length=past_len + p)
+
+
+def _select(prefix: _Prefix, rows: Tensor) -> _Prefix:
+    """The prefix rows `rows` (repeats allowed), e.g. one copy of [D; S_i] per pair with anchor i."""
+    kv = [(keys[rows], values[rows]) for keys, values in prefix.kv]
+    return _Prefix(kv=kv, last_logits=prefix.last_logits[rows], length=prefix.length)
+
+
+def _score_cached(model: PreTrainedModel, prefix: _Prefix, ids: Tensor, mask: Tensor, length_normalized: bool) -> Tensor:
+    """log p(X_r | prefix row r) for right-padded X ([N, T]), reusing the prefix's cache."""
+    n = ids.shape[0]
+    first = prefix.last_logits.unsqueeze(1)  # predicts X[:, 0]
+    if ids.shape[1] > 1:
+        cache = DynamicCache(ddp_cache_data=prefix.kv, config=model.config)
+        attn = torch.cat([mask.new_ones(n, prefix.length), mask[:, :-1]], dim=1)
+        embeds = model.get_input_embeddings()(ids[:, :-1])
+        rest = model(inputs_embeds=embeds, attention_mask=attn, past_key_values=cache, use_cache=True).logits
+        logits = torch.cat([first, rest], dim=1)
+    else:
+        logits = first
+    return sequence_logprob(logits, ids, mask, length_normalized)
+
+
+def _score_full(model: PreTrainedModel, prefix_embeds: Tensor, ids: Tensor, mask: Tensor, length_normalized: bool) -> Tensor:
+    """log p(X_r | prefix_r) running [prefix_r; X_r] in full (the naive computation)."""
+    n, p = prefix_embeds.shape[:2]
+    embeds = torch.cat([prefix_embeds, model.get_input_embeddings()(ids)], dim=1)
+    attn = torch.cat([mask.new_ones(n, p), mask], dim=1)
+    logits = model(inputs_embeds=embeds, attention_mask=attn).logits[:, p - 1 : -1]
+    return sequence_logprob(logits, ids, mask, length_normalized)
+
+
+def domino_loss(
+    model: PreTrainedModel,
+    domain: Tensor,
+    sample: Tensor | None,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    negatives: Tensor | None = None,
+    contrastive_weight: float = 1.0,
+    length_normalized: bool = True,
+    share_prefix: bool = True,
+) -> DominoLossOutput:
+    """DOMINO loss for one micro-batch.
+
+    Args:
+        model: the frozen causal LM.
+        domain: D, [k, hidden].
+        sample: S_i of the B anchors, [B, l, hidden]; None trains D with L1 alone.
+        input_ids, attention_mask: right-padded references ending in EOS, [C, T]. Rows 0..B-1 are
+            the anchors X_1..X_B; rows B.. are extra negatives (e.g. sampled from all references).
+        negatives: [B, K] row indices of each anchor's negatives (never the anchor itself);
+            default: the other anchors of the batch.
+    """
+    embed_dtype = model.get_input_embeddings().weight.dtype
+    domain = domain.to(embed_dtype).unsqueeze(0)  # [1, k, h]
+    num_anchors = input_ids.shape[0] if sample is None else sample.shape[0]
+    anchors, anchor_mask = input_ids[:num_anchors], attention_mask[:num_anchors]
+    zeros = torch.zeros(num_anchors, dtype=torch.long, device=input_ids.device)
+
+    # L1: log p(X_i | D) for every anchor.
+    if share_prefix:
+        d_prefix = _run_prefix(model, domain)
+        logp_d = _score_cached(model, _select(d_prefix, zeros), anchors, anchor_mask, length_normalized)
+    else:
+        logp_d = _score_full(model, domain.expand(num_anchors, -1, -1), anchors, anchor_mask, length_normalized)
+    l1 = -logp_d.mean()
+    if sample is None or contrastive_weight == 0:
+        return DominoLossOutput(loss=l1, l1=l1.detach(), l2=None, accuracy=None)
+
+    # L2: for anchor i, its own X_i (column 0) against its negatives X_j, all under [D; S_i].
+    if negatives is None:
+        negatives = in_batch_negatives(num_anchors, input_ids.device)
+    candidates = torch.cat([torch.arange(num_anchors, device=input_ids.device)[:, None], negatives], dim=1)
+    anchor_of_pair = torch.arange(num_anchors, device=input_ids.device).repeat_interleave(candidates.shape[1])
+    pair_ids, pair_mask = input_ids[candidates.flatten()], attention_mask[candidates.flatten()]
+    sample = sample.to(embed_dtype)
+    if share_prefix:
+        ds_prefix = _run_prefix(model, sample, past=_select(d_prefix, zeros))
+        logp_pairs = _score_cached(model, _select(ds_prefix, anchor_of_pair), pair_ids, pair_mask, length_normalized)
+    else:
+        ds_embeds = torch.cat([domain.expand(num_anchors, -1, -1), sample], dim=1)[anchor_of_pair]
+        logp_pairs = _score_full(model, ds_embeds, pair_ids, pair_mask, length_normalized)
+    logp_pairs = logp_pairs.view(num_anchors, -1)  # [B, 1 + K]
+    l2 = -(logp_pairs[:, 0] - torch.logsumexp(logp_pairs[:, 1:], dim=1)).mean()
+    accuracy = (logp_pairs[:, 0] > logp_pairs[:, 1:].max(dim=1).values).float().mean()
+    return DominoLossOutput(loss=l1 + contrastive_weight * l2, l1=l1.detach(), l2=l2.detach(), accuracy=accuracy)
