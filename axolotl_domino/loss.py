@@ -133,12 +133,14 @@ def domino_loss(
     else:
         logp_d = _score_full(model, domain.expand(num_anchors, -1, -1), anchors, anchor_mask, length_normalized)
     l1 = -logp_d.mean()
-    if sample is None or contrastive_weight == 0:
+    if sample is None:
         return DominoLossOutput(loss=l1, l1=l1.detach(), l2=None, accuracy=None)
 
     # L2: for anchor i, its own X_i (column 0) against its negatives X_j, all under [D; S_i].
     if negatives is None:
         negatives = in_batch_negatives(num_anchors, input_ids.device)
+    if negatives.shape[1] == 0:
+        raise ValueError("the contrastive term needs at least one negative per anchor (a micro-batch of >= 2 references)")
     candidates = torch.cat([torch.arange(num_anchors, device=input_ids.device)[:, None], negatives], dim=1)
     anchor_of_pair = torch.arange(num_anchors, device=input_ids.device).repeat_interleave(candidates.shape[1])
     pair_ids, pair_mask = input_ids[candidates.flatten()], attention_mask[candidates.flatten()]

