@@ -104,11 +104,90 @@ class InductionConfig(_Block):
         return self
 
 
+class SynthesisConfig(_Block):
+    """`domino.synthesis`: sampling new domain text from D* alone (the prompt is the k domain vectors)."""
+
+    adapter: str | None = Field(
+        default=None,
+        description="Folder of the induced D* (a PEFT prompt-tuning adapter). Default: the pipeline's "
+        "induction output, `<output_dir>/induction/adapter`.",
+    )
+    num_samples: int = Field(default=1000, ge=1, description="How many samples to generate.")
+    backend: Literal["hf", "vllm"] = Field(
+        default="hf",
+        description="`hf`: batched sampling with the prefix's key/value cache computed once; "
+        "`vllm`: vLLM with `prompt_embeds` (GPU, `pip install axolotl-domino[vllm]`).",
+    )
+    temperature: float = Field(default=0.8, ge=0.0, description="0 = greedy.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(default=0, ge=0, description="Keep the k most likely tokens; 0 = off.")
+    max_new_tokens: int = Field(default=512, ge=1, description="Longest sample, in tokens.")
+    repetition_penalty: float = Field(default=1.0, gt=0.0, description="1.0 = off.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end a sample (besides EOS).")
+    seed: int = Field(default=0, description="Sample i is drawn from its own stream seeded by (seed, i).")
+    batch_size: int | None = Field(
+        default=None, ge=1, description="Sequences decoded together; default: chosen from free memory."
+    )
+    shard_size: int = Field(
+        default=64, ge=1, description="Samples per shard file: the unit of resumption and of work per rank."
+    )
+    keep_unfinished: bool = Field(
+        default=False, description="Keep samples that hit max_new_tokens before EOS (dropped and counted otherwise)."
+    )
+    tensor_parallel_size: int = Field(default=1, ge=1, description="vLLM tensor parallelism.")
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0, description="vLLM memory share.")
+
+
+class ResponsesConfig(_Block):
+    """`domino.responses`: a responder model answers each synthetic instruction (instruction domains)."""
+
+    enabled: bool = Field(
+        default=False, description="Answer each synthetic sample; off for plain-text domains (the sample is the data)."
+    )
+    model: str | None = Field(
+        default=None, description="Local folder or Hugging Face id of the responder; default: the base model."
+    )
+    system_prompt: str | None = Field(default=None, description="System turn before each instruction.")
+    instruction_template: str = Field(
+        default="{instruction}", description="User turn; `{instruction}` is replaced by the synthetic sample."
+    )
+    temperature: float = Field(default=0.0, ge=0.0, description="0 = greedy.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(default=512, ge=1, description="Longest response, in tokens.")
+    batch_size: int = Field(default=8, ge=1, description="Instructions answered together.")
+    trust_remote_code: bool = Field(
+        default=False, description="Allow the responder's own modelling code (never turned on implicitly)."
+    )
+
+    @model_validator(mode="after")
+    def _template_has_slot(self) -> "ResponsesConfig":
+        if "{instruction}" not in self.instruction_template:
+            raise ValueError(
+                "domino.responses.instruction_template: must contain `{instruction}`, where the synthetic "
+                "sample goes."
+            )
+        return self
+
+
+class DatasetConfig(_Block):
+    """`domino.dataset`: the Axolotl dataset the synthetic samples are written as."""
+
+    format: Literal["completion", "alpaca", "chat_template"] | None = Field(
+        default=None,
+        description="Axolotl `type:` of the JSONL written: `completion` ({text}), `alpaca` "
+        "({instruction, input, output}) or `chat_template` ({messages}); the last two need responses. "
+        "Default: chat_template with responses, completion without.",
+    )
+
+
 class DominoConfig(_Block):
     """The whole `domino:` block."""
 
     references: ReferencesConfig = Field(description="The reference samples of the domain.")
     induction: InductionConfig = Field(default_factory=InductionConfig, description="Domain induction.")
+    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig, description="Sampling from D*.")
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig, description="Answers to the samples.")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig, description="The dataset written.")
     output_dir: str = Field(
         default="domino_out", description="Where every DOMINO stage writes its outputs (soft tokens, datasets)."
     )
@@ -117,6 +196,18 @@ class DominoConfig(_Block):
         description="Without CUDA, set precision, attention and LoRA-kernel options that run on CPU "
         "(each change is logged) and reject settings that cannot.",
     )
+
+
+    @model_validator(mode="after")
+    def _format_needs_responses(self) -> "DominoConfig":
+        if self.dataset.format is None:
+            self.dataset.format = "chat_template" if self.responses.enabled else "completion"
+        if self.dataset.format != "completion" and not self.responses.enabled:
+            raise ValueError(
+                f"domino.dataset.format: {self.dataset.format} needs instruction/response pairs; set "
+                "domino.responses.enabled: true, or format: completion for a plain-text domain."
+            )
+        return self
 
 
 class DominoArgs(BaseModel):

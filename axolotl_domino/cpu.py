@@ -12,7 +12,7 @@ import logging
 from collections.abc import MutableMapping
 from typing import Any
 
-LOG = logging.getLogger("axolotl_domino.cpu")
+LOG = logging.getLogger("axolotl.integrations.domino.cpu")
 
 LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
 CUDA_ONLY_ATTENTION = ("flash_attention", "xformers_attention", "s2_attention", "flex_attention")

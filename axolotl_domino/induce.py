@@ -24,7 +24,7 @@ from transformers import PreTrainedModel
 from axolotl_domino.args import InductionConfig
 from axolotl_domino.loss import DominoLossOutput, domino_loss
 
-LOG = logging.getLogger("axolotl_domino.induce")
+LOG = logging.getLogger("axolotl.integrations.domino.induce")
 
 SAMPLE_TOKENS_FILE = "sample_tokens.safetensors"
 METADATA_FILE = "domino_induction.json"

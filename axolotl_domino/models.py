@@ -29,7 +29,7 @@ from filelock import FileLock, Timeout
 
 from axolotl_domino import __version__
 
-LOG = logging.getLogger(__name__)
+LOG = logging.getLogger("axolotl.integrations.domino.models")
 
 MARKER_NAME = "domino_prepared.json"
 # Bump when the produced folder changes in a way that old caches must be rebuilt for.

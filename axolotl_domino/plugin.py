@@ -14,7 +14,7 @@ from typing import Any
 
 from axolotl.integrations.base import AdapterCapabilities, BasePlugin
 
-LOG = logging.getLogger("axolotl_domino")
+LOG = logging.getLogger("axolotl.integrations.domino")
 
 ADAPTER = "domino_prompt"
 REFERENCES_STRATEGY = "axolotl_domino.references"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-LOG = logging.getLogger("axolotl_domino.references")
+LOG = logging.getLogger("axolotl.integrations.domino.references")
 
 INDEX_FIELD = "ref_index"
 

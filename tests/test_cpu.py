@@ -11,7 +11,7 @@ from axolotl_domino.cpu import CpuConfigError, apply_cpu_defaults, cpu_device_ma
 
 def test_sets_safe_values_and_logs_each(caplog):
     cfg = {"adapter": "lora", "bf16": "auto", "tf32": True, "lora_o_kernel": False}
-    with caplog.at_level(logging.INFO, logger="axolotl_domino.cpu"):
+    with caplog.at_level(logging.INFO, logger="axolotl.integrations.domino.cpu"):
         changes = apply_cpu_defaults(cfg)
     assert cfg["bf16"] is False and cfg["fp16"] is False and cfg["tf32"] is False
     assert cfg["lora_mlp_kernel"] is False and cfg["lora_qkv_kernel"] is False
