@@ -105,6 +105,23 @@ def read_references(path: str | Path, field: str = "text", min_count: int = 1) -
     return References(texts=texts, path=path, duplicates_dropped=duplicates)
 
 
+def chat_turn_header(tokenizer: Any, role: str) -> str:
+    """What the chat template writes before one `role` turn's content, e.g. "<|im_start|>user\n".
+
+    Only the turn itself is kept: a default system turn the template may add would be the same
+    constant in front of every reference, and its EOS would end every generated sample early.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ReferenceError(
+            "domino.references.format: chat needs a tokenizer with a chat template; this tokenizer has "
+            "none. Use format: text, or set Axolotl's `chat_template:`."
+        )
+    sentinel = "\x00DOMINO\x00"
+    before = tokenizer.apply_chat_template([{"role": role, "content": sentinel}], tokenize=False).split(sentinel)[0]
+    eos = tokenizer.eos_token
+    return before[before.rfind(eos) + len(eos) :].lstrip() if eos and eos in before else before
+
+
 def reference_token_ids(text: str, tokenizer: Any, format: str, chat_role: str, max_tokens: int) -> tuple[list[int], bool]:
     """Token ids of one reference, ending with EOS (the stop the generator must learn), no BOS.
 
@@ -112,17 +129,19 @@ def reference_token_ids(text: str, tokenizer: Any, format: str, chat_role: str, 
     reference, so a BOS would only be a constant the soft tokens have to predict.
     """
     if format == "chat":
-        if not getattr(tokenizer, "chat_template", None):
-            raise ReferenceError(
-                "domino.references.format: chat needs a tokenizer with a chat template; this tokenizer has "
-                "none. Use format: text, or set Axolotl's `chat_template:`."
-            )
-        text = tokenizer.apply_chat_template([{"role": chat_role, "content": text}], tokenize=False).rstrip()
-        if text.endswith(tokenizer.eos_token):
-            text = text[: -len(tokenizer.eos_token)]
+        text = chat_turn_header(tokenizer, chat_role) + text
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     truncated = len(ids) > max_tokens
     return ids[:max_tokens] + [tokenizer.eos_token_id], truncated
+
+
+def sample_text(token_ids: list[int], tokenizer: Any, format: str, chat_role: str) -> str:
+    """The inverse of `reference_token_ids` for a generated sample (EOS already removed)."""
+    if format == "chat":
+        header = chat_turn_header(tokenizer, chat_role)
+        text = tokenizer.decode(token_ids, skip_special_tokens=False)
+        return (text[len(header) :] if text.startswith(header) else text).strip()
+    return tokenizer.decode(token_ids, skip_special_tokens=True).strip()
 
 
 def write_indexed(references: References, directory: Path) -> Path:

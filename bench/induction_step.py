@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 
@@ -108,7 +109,10 @@ def main() -> None:
     print(f"loss |naive - shared| = {abs(losses['naive'] - losses['shared']):.2e}")
     for name in ("naive", "shared"):
         print(f"{name:6s}: {summary(times[name])}  tokens/step {tokens[name]}")
-    print(f"token ratio naive/shared: {tokens['naive'] / tokens['shared']:.2f}")
+    paired = [n / s for n, s in zip(times["naive"], times["shared"])]  # same repetition, back to back
+    print(f"token ratio naive/shared: {tokens['naive'] / tokens['shared']:.2f}; "
+          f"per-repetition time ratios: {', '.join(f'{r:.2f}' for r in paired)} (median {statistics.median(paired):.2f})")
+    print(f"peak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")
     speedup = statistics.median(times["naive"]) / statistics.median(times["shared"])
     print(f"speedup: {speedup:.2f}")
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from axolotl_domino.references import ReferenceError, read_references, reference_token_ids, write_indexed
+from axolotl_domino.references import ReferenceError, read_references, reference_token_ids, sample_text, write_indexed
 
 
 def _write(tmp_path, content: bytes | str):
@@ -62,7 +62,11 @@ class _Tokenizer:
         return {"input_ids": [ord(c) for c in text]}
 
     def apply_chat_template(self, messages, tokenize=False):
-        return "".join(f"<{m['role']}>{m['content']}</s>\n" for m in messages)
+        # like SmolLM2's template: a default system turn first
+        return "<system>be nice</s>\n" + "".join(f"<{m['role']}>{m['content']}</s>\n" for m in messages)
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(chr(i) for i in ids)
 
 
 def test_token_ids_end_with_eos_and_truncate():
@@ -71,7 +75,14 @@ def test_token_ids_end_with_eos_and_truncate():
     ids, truncated = reference_token_ids("abcdef", _Tokenizer(), "text", "user", 2)
     assert ids == [97, 98, 0] and truncated
     ids, _ = reference_token_ids("hi", _Tokenizer(), "chat", "user", 100)
-    assert ids == [ord(c) for c in "<user>hi"] + [0]  # one EOS, not the template's plus ours
+    assert ids == [ord(c) for c in "<user>hi"] + [0]  # the turn alone, one EOS
+
+
+def test_sample_text_inverts_the_chat_turn():
+    tok = _Tokenizer()
+    ids, _ = reference_token_ids("write a sort", tok, "chat", "user", 100)
+    assert sample_text(ids[:-1], tok, "chat", "user") == "write a sort"
+    assert sample_text([ord(c) for c in " plain "], tok, "text", "user") == "plain"
 
 
 def test_chat_format_needs_a_template():

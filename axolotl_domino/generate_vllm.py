@@ -1,0 +1,66 @@
+"""vLLM backend of the generator (`domino.synthesis.backend: vllm`, extra `axolotl-domino[vllm]`).
+
+vLLM removed prompt adapters; it serves soft prompts through `prompt_embeds` instead
+(`LLM(enable_prompt_embeds=True)`, prompts `{"prompt_embeds": tensor[k, hidden]}`). Each sample is
+its own request with its own seed from `sample_seed(seed, i)`, so samples do not depend on how
+requests are batched, as in the Hugging Face backend (the two backends' samples differ: different
+kernels and samplers). Needs a GPU; untested on the CPU-only machines this project is built on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from axolotl_domino.args import SynthesisConfig
+from axolotl_domino.generate import Sample, sample_seed
+
+
+class VllmSampler:
+    def __init__(self, model_name: str, tokenizer, domain: Tensor, settings: SynthesisConfig):
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise ImportError(
+                "domino.synthesis.backend: vllm needs vLLM: `pip install axolotl-domino[vllm]` (GPU only)."
+            ) from exc
+        self.settings, self.domain = settings, domain.detach().cpu()
+        self.eos = {tokenizer.eos_token_id}
+        self.llm = LLM(
+            model=model_name,
+            enable_prompt_embeds=True,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            seed=settings.seed,
+        )
+
+    def sample_many(self, indices: list[int], progress: tqdm | None = None) -> Iterator[Sample]:
+        from vllm import SamplingParams
+
+        s = self.settings
+        params = [
+            SamplingParams(
+                temperature=s.temperature,
+                top_p=s.top_p,
+                top_k=s.top_k if s.top_k else -1,
+                repetition_penalty=s.repetition_penalty,
+                max_tokens=s.max_new_tokens,
+                stop=s.stop or None,
+                seed=sample_seed(s.seed, i),
+            )
+            for i in indices
+        ]
+        started = time.perf_counter()
+        outputs = self.llm.generate([{"prompt_embeds": self.domain}] * len(indices), params, use_tqdm=False)
+        tokens = 0
+        for index, output in zip(indices, outputs):
+            completion = output.outputs[0]
+            ids = [t for t in completion.token_ids if t not in self.eos]
+            tokens += len(completion.token_ids)
+            yield Sample(index=index, token_ids=ids, finished=completion.finish_reason == "stop")
+        if progress is not None:
+            progress.update(len(indices))
+            progress.set_postfix(tokens_per_s=f"{tokens / (time.perf_counter() - started):.1f}")

@@ -1,0 +1,271 @@
+"""The synthesis stage: D* -> samples -> (responses) -> an Axolotl dataset, resumable and sharded.
+
+Layout under `<output_dir>/synthesis/<run key>/` (the key hashes everything that changes what is
+generated: sampling and responder settings, reference format, base model, the bytes of D*):
+
+    samples/samples-000000.jsonl      one file per shard of sample indices, complete or absent
+    responses/responses-000000.jsonl  the responder's answers, same shards
+    synthetic-<sha256>.<format>.jsonl the merged dataset (rank 0), content-addressed
+    README.md, manifest.json          card and manifest; the manifest is written last
+
+Every rank produces its round-robin share of shards; rank 0 waits for all of them (by polling
+files, not in a collective) and merges in index order, so the dataset depends on the seed and
+the settings, not on the number of ranks or on how often the run was interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from axolotl_domino.args import DominoConfig
+from axolotl_domino.generate import PrefixSampler, sample_seed
+from axolotl_domino.induce import METADATA_FILE
+from axolotl_domino.references import sample_text
+from axolotl_domino.shards import (
+    jsonl_bytes,
+    my_pending_shards,
+    rank_and_world,
+    read_jsonl,
+    remove_temporaries,
+    shard_indices,
+    shard_path,
+    wait_for,
+    write_atomic,
+)
+from axolotl_domino.write import MANIFEST_FILE, record, write_dataset, write_manifest
+
+LOG = logging.getLogger("axolotl.integrations.domino.synthesize")
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+@dataclass
+class SynthesisResult:
+    dataset: Path
+    manifest: dict[str, Any]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def adapter_dir(domino: DominoConfig) -> Path:
+    return Path(domino.synthesis.adapter or Path(domino.output_dir) / "induction" / "adapter")
+
+
+def run_key(domino: DominoConfig, base_model: str, adapter_sha256: str) -> str:
+    """Hash of every input that changes the generated samples (batch size is recorded, not keyed)."""
+    inputs = {
+        "synthesis": domino.synthesis.model_dump(exclude={"adapter", "batch_size"}),
+        "responses": domino.responses.model_dump(),
+        "reference_format": [domino.references.format, domino.references.chat_role],
+        "base_model": base_model,
+        "adapter_sha256": adapter_sha256,
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def load_model(name: str, device: torch.device, trust_remote_code: bool = False, load_weights: bool = True):
+    """Tokenizer and causal LM for generation (bf16 on GPUs that support it, float32 elsewhere).
+
+    `load_weights=False` returns no model: the vLLM backend loads its own copy.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    if not load_weights:
+        return tokenizer, None
+    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
+    return tokenizer, model.to(device).eval()
+
+
+def _hidden_size(name: str) -> int:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(name).get_text_config().hidden_size
+
+
+def load_domain_tokens(adapter: Path, hidden_size: int) -> torch.Tensor:
+    """D* from a PEFT prompt-tuning adapter folder, checked against the model's hidden size."""
+    weights = adapter / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"domino.synthesis.adapter: no {ADAPTER_WEIGHTS} in {adapter}; run induction first "
+            "(`axolotl train` with adapter: domino_prompt) or point domino.synthesis.adapter at its output_dir."
+        )
+    domain = load_file(str(weights))["prompt_embeddings"]
+    if domain.shape[1] != hidden_size:
+        raise ValueError(
+            f"domino.synthesis.adapter: D* in {adapter} has hidden size {domain.shape[1]} but the base model has "
+            f"{hidden_size}; it was induced on another model."
+        )
+    return domain
+
+
+def synthesize(domino: DominoConfig, base_model: str, rank: int | None = None, world_size: int | None = None) -> SynthesisResult:
+    """Run (or resume, or skip when done) the synthesis stage on this rank; every rank returns the result."""
+    if rank is None or world_size is None:
+        rank, world_size = rank_and_world()
+    adapter = adapter_dir(domino)
+    adapter_sha = file_sha256(adapter / ADAPTER_WEIGHTS) if (adapter / ADAPTER_WEIGHTS).is_file() else "missing"
+    run_dir = Path(domino.output_dir) / "synthesis" / run_key(domino, base_model, adapter_sha)
+    done = _finished(run_dir, domino)
+    if done is not None:
+        LOG.info("domino: synthesis up to date in %s", run_dir)
+        return done
+
+    started = time.perf_counter()
+    shards = shard_indices(domino.synthesis.num_samples, domino.synthesis.shard_size)
+    samples_dir, responses_dir = run_dir / "samples", run_dir / "responses"
+    todo_samples = my_pending_shards(samples_dir, "samples", len(shards), rank, world_size)
+    todo_responses = (
+        my_pending_shards(responses_dir, "responses", len(shards), rank, world_size) if domino.responses.enabled else []
+    )
+    if todo_samples or todo_responses:
+        device = _device()
+        needs_hf_model = bool(todo_responses) or domino.synthesis.backend == "hf"
+        tokenizer, model = load_model(base_model, device, load_weights=needs_hf_model)
+        if todo_samples:
+            domain = load_domain_tokens(adapter, _hidden_size(base_model))
+            _generate_shards(domino, base_model, model, tokenizer, domain, shards, todo_samples, samples_dir, rank)
+        if todo_responses:
+            _respond_shards(domino, base_model, model, tokenizer, shards, todo_responses, samples_dir, responses_dir, rank)
+        del model
+
+    if rank != 0:
+        wait_for([run_dir / MANIFEST_FILE], "rank 0 to merge the synthetic dataset")
+        return _finished(run_dir, domino)
+    expected = [shard_path(samples_dir, "samples", s) for s in range(len(shards))]
+    if domino.responses.enabled:
+        expected += [shard_path(responses_dir, "responses", s) for s in range(len(shards))]
+    wait_for(expected, "the other ranks' shards")
+    return _merge(domino, base_model, adapter, adapter_sha, run_dir, len(shards), world_size, time.perf_counter() - started)
+
+
+def _finished(run_dir: Path, domino: DominoConfig) -> SynthesisResult | None:
+    """The stage's result if its manifest exists for the requested format and its dataset is intact."""
+    path = run_dir / MANIFEST_FILE
+    if not path.exists():
+        return None
+    manifest = json.loads(path.read_text())
+    dataset = run_dir / manifest["dataset_file"]
+    if manifest["format"] != domino.dataset.format or not dataset.exists():
+        return None
+    return SynthesisResult(dataset=dataset, manifest=manifest)
+
+
+def _generate_shards(domino, base_model, model, tokenizer, domain, shards, todo, samples_dir: Path, rank: int) -> None:
+    settings, refs = domino.synthesis, domino.references
+    if settings.backend == "vllm":
+        from axolotl_domino.generate_vllm import VllmSampler
+
+        sampler = VllmSampler(base_model, tokenizer, domain, settings)
+    else:
+        sampler = PrefixSampler(model, tokenizer, domain, settings, settings.stop)
+    total = sum(len(shards[s]) for s in todo)
+    with tqdm(total=total, desc=f"domino: sampling from D* (rank {rank})", unit="sample") as progress:
+        for s in todo:
+            rows = []
+            for sample in sampler.sample_many(shards[s], progress):
+                text = sample_text(sample.token_ids, tokenizer, refs.format, refs.chat_role)
+                if settings.stop:
+                    text = min((text.split(stop)[0] for stop in settings.stop), key=len)
+                rows.append(
+                    {"index": sample.index, "text": text, "finished": sample.finished, "num_tokens": len(sample.token_ids)}
+                )
+            write_atomic(shard_path(samples_dir, "samples", s), jsonl_bytes(rows))
+
+
+def _respond_shards(domino, base_model, model, tokenizer, shards, todo, samples_dir, responses_dir, rank) -> None:
+    from axolotl_domino.respond import Responder
+
+    settings = domino.responses
+    if settings.model and settings.model != base_model:
+        tokenizer, model = load_model(settings.model, _device(), settings.trust_remote_code)
+    responder = Responder(model, tokenizer, settings)
+    total = sum(len(shards[s]) for s in todo)
+    with tqdm(total=total, desc=f"domino: answering samples (rank {rank})", unit="sample") as progress:
+        for s in todo:
+            samples = [row for row in read_jsonl(shard_path(samples_dir, "samples", s)) if _usable(row, domino)]
+            rows = []
+            for start in range(0, len(samples), settings.batch_size):
+                batch = samples[start : start + settings.batch_size]
+                answers = responder.answer([row["text"] for row in batch], sample_seed(domino.synthesis.seed + 1, batch[0]["index"]))
+                rows += [{"index": row["index"], "response": text, "finished": ok} for row, (text, ok) in zip(batch, answers)]
+                progress.update(len(batch))
+            progress.update(len(shards[s]) - len(samples))
+            write_atomic(shard_path(responses_dir, "responses", s), jsonl_bytes(rows))
+
+
+def _usable(row: dict[str, Any], domino: DominoConfig) -> bool:
+    return bool(row["text"]) and (row["finished"] or domino.synthesis.keep_unfinished)
+
+
+def _merge(domino, base_model, adapter: Path, adapter_sha, run_dir: Path, num_shards: int, world_size: int, seconds: float) -> SynthesisResult:
+    """Rank 0: every shard in index order -> dataset file, card, manifest (last)."""
+    counts = {"generated": 0, "dropped_unfinished": 0, "dropped_empty": 0, "dropped_response_unfinished": 0}
+    responses: dict[int, dict[str, Any]] = {}
+    if domino.responses.enabled:
+        for s in range(num_shards):
+            responses.update({row["index"]: row for row in read_jsonl(shard_path(run_dir / "responses", "responses", s))})
+    records = []
+    for s in range(num_shards):
+        for row in read_jsonl(shard_path(run_dir / "samples", "samples", s)):
+            counts["generated"] += 1
+            if not row["text"]:
+                counts["dropped_empty"] += 1
+            elif not (row["finished"] or domino.synthesis.keep_unfinished):
+                counts["dropped_unfinished"] += 1
+            elif domino.responses.enabled and not responses[row["index"]]["finished"]:
+                counts["dropped_response_unfinished"] += 1
+            else:
+                answer = responses[row["index"]]["response"] if domino.responses.enabled else None
+                records.append(record(domino.dataset.format, row["text"], answer))
+    counts["kept"] = len(records)
+    dataset = write_dataset(records, run_dir, domino.dataset.format)
+    induction = json.loads((adapter / METADATA_FILE).read_text()) if (adapter / METADATA_FILE).exists() else {}
+    manifest = {
+        "format": domino.dataset.format,
+        "dataset_file": dataset.name,
+        "dataset_sha256": file_sha256(dataset),
+        "counts": counts,
+        "synthesis": domino.synthesis.model_dump(),
+        "responses": domino.responses.model_dump(),
+        "config_sha256": run_dir.name,
+        "base_model": base_model,
+        "responder_model": (domino.responses.model or base_model) if domino.responses.enabled else None,
+        "adapter": str(adapter),
+        "adapter_sha256": adapter_sha,
+        "references_sha256": induction.get("references_sha256", "unknown"),
+        "num_references": induction.get("num_references", "unknown"),
+        "world_size": world_size,
+        "seconds_rank0_this_run": round(seconds, 2),
+    }
+    write_manifest(run_dir, manifest)
+    for directory in (run_dir, run_dir / "samples", run_dir / "responses"):
+        if directory.exists():
+            remove_temporaries(directory)
+    LOG.info("domino: wrote %d of %d synthetic samples to %s", counts["kept"], counts["generated"], dataset)
+    return SynthesisResult(dataset=dataset, manifest=manifest)

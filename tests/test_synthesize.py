@@ -1,0 +1,167 @@
+"""The synthesis stage on a tiny saved model: formats, manifest, resumption after kill -9, two ranks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from axolotl_domino.args import DominoConfig, InductionConfig
+from axolotl_domino.induce import DominoPromptModel
+from axolotl_domino.shards import read_jsonl
+from axolotl_domino.synthesize import synthesize
+from axolotl_domino.write import MANIFEST_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model_dir, tmp_path_factory):
+    """A D* adapter (k = 4) saved by the domino_prompt model over the tiny model."""
+    path = tmp_path_factory.mktemp("adapter")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    settings = InductionConfig(num_domain_tokens=4, num_sample_tokens=0)
+    DominoPromptModel(model, tokenizer, settings, 3, {"base_model": str(tiny_model_dir), "references_sha256": "ab" * 32}).save_pretrained(str(path))
+    return path
+
+
+def _config(tmp_path: Path, adapter: Path, **overrides) -> dict:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text('{"text": "write a function"}\n{"text": "find the sum"}\n')
+    config = {
+        "references": {"path": str(refs)},
+        "output_dir": str(tmp_path / "domino"),
+        "synthesis": {"adapter": str(adapter), "num_samples": 10, "shard_size": 4, "max_new_tokens": 8, "batch_size": 3},
+    }
+    for key, value in overrides.items():
+        config.setdefault(key, {}).update(value) if isinstance(value, dict) else config.update({key: value})
+    return config
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_completion_dataset_manifest_and_skip(tiny_model_dir, adapter, tmp_path):
+    domino = DominoConfig.model_validate(_config(tmp_path, adapter, synthesis={"keep_unfinished": True}))
+    result = synthesize(domino, str(tiny_model_dir), rank=0, world_size=1)
+    rows = read_jsonl(result.dataset)
+    assert domino.dataset.format == "completion" and all(set(r) == {"text"} for r in rows)
+    counts = result.manifest["counts"]
+    assert counts["generated"] == 10 and counts["kept"] == len(rows) == 10 - counts["dropped_empty"]
+    assert result.dataset.name == f"synthetic-{_sha(result.dataset)[:16]}.completion.jsonl"
+    assert result.manifest["references_sha256"] == "ab" * 32 and result.manifest["num_references"] == 3
+    assert (result.dataset.parent / "README.md").read_text().startswith("# DOMINO synthetic dataset")
+    assert len(list((result.dataset.parent / "samples").glob("samples-*.jsonl"))) == 3  # 4 + 4 + 2
+
+    before = (result.dataset.parent / MANIFEST_FILE).stat().st_mtime_ns
+    again = synthesize(domino, str(tiny_model_dir), rank=0, world_size=1)
+    assert again.dataset == result.dataset
+    assert (result.dataset.parent / MANIFEST_FILE).stat().st_mtime_ns == before  # nothing rewritten
+
+
+@pytest.mark.parametrize("format", ["alpaca", "chat_template"])
+def test_instruction_formats_with_responses(tiny_model_dir, adapter, tmp_path, format):
+    domino = DominoConfig.model_validate(
+        _config(
+            tmp_path, adapter,
+            synthesis={"keep_unfinished": True, "num_samples": 4},
+            responses={"enabled": True, "max_new_tokens": 64, "system_prompt": "be short", "batch_size": 2},
+            dataset={"format": format},
+        )
+    )
+    result = synthesize(domino, str(tiny_model_dir), rank=0, world_size=1)
+    counts = result.manifest["counts"]
+    rows = read_jsonl(result.dataset)
+    assert len(rows) == counts["kept"] == 4 - counts["dropped_empty"] - counts["dropped_response_unfinished"]
+    for row in rows:
+        if format == "alpaca":
+            assert set(row) == {"instruction", "input", "output"}
+        else:
+            assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+    assert result.manifest["responder_model"] == str(tiny_model_dir)
+
+
+SCRIPT = """
+import json, sys
+import torch.distributed as dist
+from axolotl_domino.args import DominoConfig
+from axolotl_domino.synthesize import synthesize
+config, model = json.loads(sys.argv[1]), sys.argv[2]
+if int(sys.argv[4]) > 1:
+    dist.init_process_group("gloo")  # rank and world size come from the process group
+synthesize(DominoConfig.model_validate(config), model)
+if dist.is_initialized():
+    dist.barrier()
+    dist.destroy_process_group()
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run(config: dict, model: Path, rank: int = 0, world: int = 1, port: int = 0) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RANK": str(rank), "WORLD_SIZE": str(world)}
+    env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "LOCAL_RANK": "0"})
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, json.dumps(config), str(model), str(rank), str(world)],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_dataset(tiny_model_dir, adapter, tmp_path):
+    settings = {"num_samples": 48, "shard_size": 2, "batch_size": 1, "max_new_tokens": 24, "keep_unfinished": True}
+    reference = synthesize(
+        DominoConfig.model_validate(_config(tmp_path / "a", adapter, synthesis=settings)), str(tiny_model_dir), 0, 1
+    )
+    config = _config(tmp_path / "b", adapter, synthesis=settings)
+    samples = Path(config["output_dir"]) / "synthesis"
+    proc = _run(config, tiny_model_dir)
+    deadline = time.monotonic() + 120
+    while len(list(samples.glob("*/samples/samples-*.jsonl"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = sorted(samples.glob("*/samples/samples-*.jsonl"))
+    assert 3 <= len(written) < 24, "the kill should land mid-run"
+    assert not list(samples.glob("*/" + MANIFEST_FILE))
+    for shard in written:  # whatever sits under a final name is complete
+        assert len(read_jsonl(shard)) == 2
+
+    resumed = synthesize(DominoConfig.model_validate(config), str(tiny_model_dir), rank=0, world_size=1)
+    indices = [row["index"] for shard in sorted(samples.glob("*/samples/samples-*.jsonl")) for row in read_jsonl(shard)]
+    assert indices == list(range(48))
+    assert resumed.dataset.read_bytes() == reference.dataset.read_bytes()
+    assert not list(samples.glob("**/.*.tmp-*"))
+
+
+def test_two_gloo_ranks_merge_to_the_single_rank_dataset(tiny_model_dir, adapter, tmp_path):
+    settings = {"num_samples": 12, "shard_size": 2, "keep_unfinished": True}
+    single = synthesize(
+        DominoConfig.model_validate(_config(tmp_path / "one", adapter, synthesis=settings)), str(tiny_model_dir), 0, 1
+    )
+    config = _config(tmp_path / "two", adapter, synthesis=settings)
+    port = _free_port()
+    ranks = [_run(config, tiny_model_dir, rank, 2, port) for rank in (1, 0)]  # torch.distributed, gloo
+    for proc in ranks:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-3000:]
+    (manifest,) = (Path(config["output_dir"]) / "synthesis").glob(f"*/{MANIFEST_FILE}")
+    merged = manifest.parent / json.loads(manifest.read_text())["dataset_file"]
+    assert merged.read_bytes() == single.dataset.read_bytes()
+    assert json.loads(manifest.read_text())["world_size"] == 2
