@@ -9,7 +9,7 @@ drops unknown top-level keys silently, which hides typos).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -89,6 +89,18 @@ class InductionConfig(_Block):
         description="Train D with L1 alone (the plain prompt-tuning baseline). Implied by num_sample_tokens: 0.",
     )
     seed: int = Field(default=0, description="Seed of the soft-token initialisation and of sampled negatives.")
+    # Training of the pipeline's induction stage (a standalone `adapter: domino_prompt` YAML uses its
+    # own top-level keys instead).
+    num_epochs: float = Field(default=10, gt=0, description="Epochs over the references (paper: 10).")
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
+    learning_rate: float = Field(default=1e-3, gt=0, description="Of D and S (paper: 1e-3).")
+    lr_scheduler: str = Field(default="linear", description="Any Axolotl `lr_scheduler`.")
+    micro_batch_size: int = Field(default=3, ge=1, description="References per micro-batch (paper: 3).")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
+    axolotl: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra top-level Axolotl keys for the induction run (e.g. deepspeed, use_wandb, logging_steps).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "InductionConfig":
@@ -101,6 +113,11 @@ class InductionConfig(_Block):
             )
         if self.num_sample_tokens == 0:
             self.l1_only = True
+        if not self.l1_only and self.negatives == "in_batch" and self.micro_batch_size < 2:
+            raise ValueError(
+                "domino.induction.micro_batch_size: in-batch negatives need at least 2 references per "
+                "micro-batch; set micro_batch_size >= 2 or negatives: sampled."
+            )
         return self
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -41,3 +42,87 @@ def prepare_model_command(name: str, output: Path, force: bool) -> None:
     except (FileExistsError, models.EmbeddedModelNotInstalled) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(path)  # last line of stdout (after axolotl's banner and logs), for scripts
+
+
+def _load_stage_config(config: Path):
+    """(DominoConfig, base_model, raw dict) from an Axolotl YAML (or the JSON a pipeline run resolved).
+
+    Read without Axolotl's `load_cfg`, which would also set up the YAML's DeepSpeed environment.
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    from axolotl_domino.args import DominoConfig
+
+    raw = yaml.safe_load(config.read_text()) or {}
+    if not raw.get("domino"):
+        raise click.ClickException(f"{config}: no `domino:` block; see the README for one.")
+    if not raw.get("base_model"):
+        raise click.ClickException(f"{config}: no `base_model:`.")
+    try:
+        return DominoConfig.model_validate(raw["domino"]), str(raw["base_model"]), raw
+    except ValidationError as exc:
+        raise click.ClickException(f"{config}: invalid domino: block\n{exc}") from exc
+
+
+def _show_progress() -> None:
+    """`axolotl` leaves non-core loggers at WARNING; show our stages' INFO lines."""
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] [%(name)s] %(message)s")
+    logging.getLogger("axolotl.integrations.domino").setLevel(logging.INFO)
+
+
+config_argument = click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+
+
+@domino.command()
+@config_argument
+@click.option("--nproc", default=1, show_default=True, help="Processes (GPUs) for data-parallel induction.")
+def induce(config: Path, nproc: int) -> None:
+    """Induce the domain tokens D* from CONFIG's references (skipped when up to date)."""
+    from axolotl_domino.pipeline import Launch, model_settings, run_induction
+
+    _show_progress()
+    domino_cfg, base_model, raw = _load_stage_config(config)
+    adapter = run_induction(domino_cfg, base_model, model_settings(raw), Launch(0, 0, 1, nproc))
+    click.echo(adapter)
+
+
+@domino.command()
+@config_argument
+@click.option("--rank", default=None, type=int, help="This process's rank (default: from the launcher's env).")
+@click.option("--world-size", default=None, type=int, help="Number of ranks sharing the work.")
+def synthesize(config: Path, rank: int | None, world_size: int | None) -> None:
+    """Sample CONFIG's synthetic dataset from D* (resumes; skipped when up to date); print its path."""
+    from axolotl_domino.synthesize import synthesize as run
+
+    _show_progress()
+    domino_cfg, base_model, _ = _load_stage_config(config)
+    result = run(domino_cfg, base_model, rank, world_size)
+    click.echo(result.dataset)
+
+
+@domino.command()
+@config_argument
+def report(config: Path) -> None:
+    """Show what CONFIG's stages have produced: induction, synthesis counts, dataset."""
+    from axolotl_domino.pipeline import induction_config, induction_key, induction_up_to_date, model_settings
+    from axolotl_domino.synthesize import adapter_dir, finished
+
+    domino_cfg, base_model, raw = _load_stage_config(config)
+    if domino_cfg.synthesis.adapter:
+        click.echo(f"induction: skipped, D* given by domino.synthesis.adapter ({domino_cfg.synthesis.adapter})")
+    else:
+        key = induction_key(domino_cfg, induction_config(domino_cfg, base_model, model_settings(raw)))
+        state = "up to date" if induction_up_to_date(adapter_dir(domino_cfg), key) else "missing or stale"
+        click.echo(f"induction: {state} ({adapter_dir(domino_cfg)})")
+    result = finished(domino_cfg, base_model)
+    if result is None:
+        click.echo("synthesis: not done for the current D* and settings")
+        return
+    counts = result.manifest["counts"]
+    click.echo(f"synthesis: {counts['kept']} of {counts['generated']} samples kept -> {result.dataset}")
+    click.echo(json.dumps(counts, indent=2))
+
+
+if __name__ == "__main__":  # the pipeline runs stages as `python -m axolotl_domino.cli ...`
+    domino()

@@ -37,10 +37,16 @@ class DominoPlugin(BasePlugin):
             return
         from axolotl_domino.cpu import apply_cpu_defaults, cuda_available
 
+        _resolve_deepspeed_name(cfg)
         if domino.get("cpu_safe_defaults", True) and not cuda_available():
             apply_cpu_defaults(cfg)
         if cfg.get("adapter") == ADAPTER:
             _prepare_induction_config(cfg)
+        elif not cfg.get("datasets"):
+            from axolotl_domino.pipeline import SYNTHETIC
+
+            # Validation needs a dataset; load_datasets swaps in the synthetic file.
+            cfg["datasets"] = [{"path": SYNTHETIC, "type": "completion"}]
 
     def get_adapter_capabilities(self) -> list[AdapterCapabilities]:
         return [AdapterCapabilities(name=ADAPTER)]
@@ -60,6 +66,10 @@ class DominoPlugin(BasePlugin):
             indexed = write_indexed(_read_references(cfg), Path(cfg.domino.output_dir) / "induction")
             cfg.datasets[0]["path"] = str(indexed)
             LOG.info("domino: inducing the domain from %s", indexed)
+        else:
+            from axolotl_domino.pipeline import run_pipeline
+
+            run_pipeline(cfg)  # induction -> synthesis; points cfg.datasets at the synthetic file
         return None
 
     def load_adapter(self, model, cfg, inference: bool = False, config_only: bool = False):
@@ -105,6 +115,14 @@ def _read_references(cfg: Any):
 
     refs = cfg.domino.references
     return read_references(refs.path, refs.field, min_count=1 if cfg.domino.induction.l1_only else 2)
+
+
+def _resolve_deepspeed_name(cfg: dict[str, Any]) -> None:
+    """`deepspeed: zero1|zero2|zero3` names the JSON shipped in this package (Axolotl's wheel has none)."""
+    name = cfg.get("deepspeed")
+    if isinstance(name, str) and name in ("zero1", "zero2", "zero3"):
+        cfg["deepspeed"] = str(Path(__file__).parent / "deepspeed_configs" / f"{name}.json")
+        LOG.info("domino: deepspeed: %s -> %s", name, cfg["deepspeed"])
 
 
 def _prepare_induction_config(cfg: dict[str, Any]) -> None:

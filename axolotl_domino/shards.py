@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -75,14 +75,19 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def wait_for(paths: list[Path], what: str, poll_seconds: float = 2.0) -> None:
-    """Block until every path exists (other ranks' shards, or rank 0's merged output)."""
+def wait_until(done: Callable[[], bool], what: str, poll_seconds: float = 2.0) -> None:
+    """Poll until `done()` (another rank's or process's output is in place); log once a minute."""
     started, last_log = time.monotonic(), time.monotonic()
-    while missing := [p for p in paths if not p.exists()]:
+    while not done():
         if time.monotonic() - last_log > 60:
-            LOG.info("domino: waiting for %s (%d missing, %.0f s)", what, len(missing), time.monotonic() - started)
+            LOG.info("domino: waiting for %s (%.0f s)", what, time.monotonic() - started)
             last_log = time.monotonic()
         time.sleep(poll_seconds)
+
+
+def wait_for(paths: list[Path], what: str) -> None:
+    """Block until every path exists (other ranks' shards, or rank 0's merged output)."""
+    wait_until(lambda: all(p.exists() for p in paths), what)
 
 
 def remove_temporaries(directory: Path) -> int:

@@ -64,8 +64,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def default_adapter_dir(domino: DominoConfig) -> Path:
+    """Where the pipeline's induction stage saves D*."""
+    return Path(domino.output_dir) / "induction" / "adapter"
+
+
 def adapter_dir(domino: DominoConfig) -> Path:
-    return Path(domino.synthesis.adapter or Path(domino.output_dir) / "induction" / "adapter")
+    """The D* synthesis samples from: `domino.synthesis.adapter`, else the induction stage's output."""
+    return Path(domino.synthesis.adapter) if domino.synthesis.adapter else default_adapter_dir(domino)
 
 
 def run_key(domino: DominoConfig, base_model: str, adapter_sha256: str) -> str:
@@ -124,21 +130,32 @@ def load_domain_tokens(adapter: Path, hidden_size: int) -> torch.Tensor:
     return domain
 
 
+def run_dir(domino: DominoConfig, base_model: str) -> tuple[Path, str]:
+    """The stage's folder for these inputs, and the sha256 of D* it is keyed on."""
+    weights = adapter_dir(domino) / ADAPTER_WEIGHTS
+    adapter_sha = file_sha256(weights) if weights.is_file() else "missing"
+    return Path(domino.output_dir) / "synthesis" / run_key(domino, base_model, adapter_sha), adapter_sha
+
+
+def finished(domino: DominoConfig, base_model: str) -> SynthesisResult | None:
+    """The result if the stage is up to date for these inputs, else None."""
+    return _finished(run_dir(domino, base_model)[0], domino)
+
+
 def synthesize(domino: DominoConfig, base_model: str, rank: int | None = None, world_size: int | None = None) -> SynthesisResult:
     """Run (or resume, or skip when done) the synthesis stage on this rank; every rank returns the result."""
     if rank is None or world_size is None:
         rank, world_size = rank_and_world()
     adapter = adapter_dir(domino)
-    adapter_sha = file_sha256(adapter / ADAPTER_WEIGHTS) if (adapter / ADAPTER_WEIGHTS).is_file() else "missing"
-    run_dir = Path(domino.output_dir) / "synthesis" / run_key(domino, base_model, adapter_sha)
-    done = _finished(run_dir, domino)
+    folder, adapter_sha = run_dir(domino, base_model)
+    done = _finished(folder, domino)
     if done is not None:
-        LOG.info("domino: synthesis up to date in %s", run_dir)
+        LOG.info("domino: synthesis up to date in %s", folder)
         return done
 
     started = time.perf_counter()
     shards = shard_indices(domino.synthesis.num_samples, domino.synthesis.shard_size)
-    samples_dir, responses_dir = run_dir / "samples", run_dir / "responses"
+    samples_dir, responses_dir = folder / "samples", folder / "responses"
     todo_samples = my_pending_shards(samples_dir, "samples", len(shards), rank, world_size)
     todo_responses = (
         my_pending_shards(responses_dir, "responses", len(shards), rank, world_size) if domino.responses.enabled else []
@@ -155,13 +172,13 @@ def synthesize(domino: DominoConfig, base_model: str, rank: int | None = None, w
         del model
 
     if rank != 0:
-        wait_for([run_dir / MANIFEST_FILE], "rank 0 to merge the synthetic dataset")
-        return _finished(run_dir, domino)
+        wait_for([folder / MANIFEST_FILE], "rank 0 to merge the synthetic dataset")
+        return _finished(folder, domino)
     expected = [shard_path(samples_dir, "samples", s) for s in range(len(shards))]
     if domino.responses.enabled:
         expected += [shard_path(responses_dir, "responses", s) for s in range(len(shards))]
     wait_for(expected, "the other ranks' shards")
-    return _merge(domino, base_model, adapter, adapter_sha, run_dir, len(shards), world_size, time.perf_counter() - started)
+    return _merge(domino, base_model, adapter, adapter_sha, folder, len(shards), world_size, time.perf_counter() - started)
 
 
 def _finished(run_dir: Path, domino: DominoConfig) -> SynthesisResult | None:

@@ -1,0 +1,243 @@
+"""The one-YAML pipeline: induction -> synthesis -> Axolotl's own SFT on the synthetic dataset.
+
+Called from the plugin's `load_datasets` hook on every rank. Each stage runs in a child process
+with the launcher's distributed and DeepSpeed/accelerate environment removed, so the outer run's
+state (e.g. ZeRO-3 partitioning every `from_pretrained`) cannot leak into it, and its GPU memory
+is returned before SFT starts. Ranks wait for each other's outputs by polling files, never in a
+collective, so a long stage cannot trip `ddp_timeout`. A stage whose output is up to date (keyed
+by the hash of its inputs) is skipped.
+
+- induction: global rank 0 runs `axolotl train` on a derived `adapter: domino_prompt` YAML,
+  data-parallel over this node's ranks (torchrun) when there are several;
+- synthesis: every rank runs its share of shards (`synthesize.py`), rank 0 merges;
+- SFT: `cfg.datasets` is pointed at the content-addressed synthetic file and Axolotl trains
+  with the YAML's adapter, DeepSpeed and so on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from axolotl_domino.args import DominoConfig
+from axolotl_domino.references import read_references
+from axolotl_domino.shards import wait_until, write_atomic
+from axolotl_domino.synthesize import SynthesisResult, default_adapter_dir, finished
+
+LOG = logging.getLogger("axolotl.integrations.domino.pipeline")
+
+SYNTHETIC = "domino:synthetic"  # a `datasets:` path the plugin replaces with the synthetic file
+STAGE_FILE = "domino_stage.json"
+# Model-loading and precision keys of the outer YAML that the induction run inherits.
+MODEL_KEYS = ("base_model_config", "tokenizer_config", "trust_remote_code", "bf16", "fp16", "tf32", "attn_implementation")
+LAUNCHER_ENV = (
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+    "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT",
+)
+LAUNCHER_ENV_PREFIXES = ("ACCELERATE_", "TORCHELASTIC_", "DEEPSPEED_", "FSDP_", "OMPI_", "PMI_")
+
+
+class StageError(RuntimeError):
+    """A stage's child process failed; the message carries the command and the tail of its log."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where this process sits in the outer launch."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+
+    @classmethod
+    def from_env(cls) -> "Launch":
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        return cls(
+            rank=int(os.environ.get("RANK", 0)),
+            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+            world_size=world,
+            local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+        )
+
+
+def stage_env(**extra: str) -> dict[str, str]:
+    """The environment for a stage's child: ours minus every launcher/DeepSpeed/accelerate variable."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in LAUNCHER_ENV and not key.startswith(LAUNCHER_ENV_PREFIXES)
+    }
+    return {**env, **extra}
+
+
+def model_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The outer YAML's model-loading and precision keys that are set."""
+    return {key: config[key] for key in MODEL_KEYS if config.get(key) is not None}
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --- induction -------------------------------------------------------------------------------
+
+
+def induction_dir(domino: DominoConfig) -> Path:
+    return default_adapter_dir(domino).parent
+
+
+def induction_config(domino: DominoConfig, base_model: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The `adapter: domino_prompt` Axolotl config the induction stage trains with."""
+    ind, folder = domino.induction, induction_dir(domino)
+    config = {
+        "base_model": base_model,
+        **settings,
+        "plugins": ["axolotl_domino.DominoPlugin"],
+        "adapter": "domino_prompt",
+        "domino": domino.model_dump(mode="json", exclude_none=True, include={"references", "induction", "output_dir", "cpu_safe_defaults"}),
+        "sequence_len": domino.references.max_tokens + 1,
+        "sample_packing": False,
+        "micro_batch_size": ind.micro_batch_size,
+        "gradient_accumulation_steps": ind.gradient_accumulation_steps,
+        "num_epochs": ind.num_epochs,
+        "learning_rate": ind.learning_rate,
+        "lr_scheduler": ind.lr_scheduler,
+        "optimizer": "adamw_torch",
+        "logging_steps": 5,
+        "save_strategy": "no",
+        "output_dir": str(default_adapter_dir(domino)),
+        "dataset_prepared_path": str(folder / "prepared"),
+    }
+    if ind.max_steps:
+        config["max_steps"] = ind.max_steps
+    return {**config, **ind.axolotl}
+
+
+def induction_key(domino: DominoConfig, config: Mapping[str, Any]) -> str:
+    """Hash of the induction inputs: reference contents, the derived config (settings, base model)."""
+    refs = read_references(domino.references.path, domino.references.field)
+    inputs = json.loads(json.dumps(config, default=str))
+    del inputs["domino"]["references"]["path"]  # the content counts, not where it lies
+    return _digest({"references_sha256": refs.sha256, "config": inputs})
+
+
+def induction_up_to_date(adapter: Path, key: str) -> bool:
+    stage = adapter / STAGE_FILE
+    return stage.exists() and json.loads(stage.read_text()).get("key") == key
+
+
+def run_induction(domino: DominoConfig, base_model: str, settings: Mapping[str, Any], launch: Launch) -> Path:
+    """Induce D* (rank 0, data-parallel over this node's ranks) unless up to date; return the adapter folder."""
+    config = induction_config(domino, base_model, settings)
+    key, adapter = induction_key(domino, config), Path(config["output_dir"])
+    if induction_up_to_date(adapter, key):
+        LOG.info("domino: induction up to date (%s), skipping", adapter)
+        return adapter
+    if launch.rank != 0:
+        wait_until(lambda: induction_up_to_date(adapter, key), "rank 0 to finish domain induction")
+        return adapter
+    (adapter / STAGE_FILE).unlink(missing_ok=True)
+    folder = induction_dir(domino)
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / f"induce-{key}.yaml"
+    write_atomic(config_path, yaml.safe_dump(config, sort_keys=False).encode())
+    command = ["axolotl", "train", str(config_path)]
+    if launch.local_world_size > 1:
+        command += ["--launcher", "torchrun", "--", f"--nproc_per_node={launch.local_world_size}", f"--master_port={_free_port()}"]
+    LOG.info("domino: inducing the domain: %s", " ".join(command))
+    _run_child(command, folder / f"induce-{key}.log", stage_env())
+    write_atomic(adapter / STAGE_FILE, json.dumps({"key": key, "config": config_path.name}).encode())
+    return adapter
+
+
+# --- synthesis -------------------------------------------------------------------------------
+
+
+def run_synthesis(domino: DominoConfig, base_model: str, launch: Launch) -> SynthesisResult:
+    """Every rank generates its shards in a child process; rank 0's child merges."""
+    done = finished(domino, base_model)
+    if done is not None:
+        LOG.info("domino: synthesis up to date (%s), skipping", done.dataset)
+        return done
+    resolved = {"base_model": base_model, "domino": domino.model_dump(mode="json")}
+    folder = Path(domino.output_dir) / "synthesis"
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / f"synthesize-{_digest(resolved)}.json"
+    write_atomic(config_path, json.dumps(resolved, indent=2).encode())
+    command = [
+        sys.executable, "-m", "axolotl_domino.cli", "synthesize", str(config_path),
+        "--rank", str(launch.rank), "--world-size", str(launch.world_size),
+    ]
+    LOG.info("domino: synthesising %d samples from D* (rank %d)", domino.synthesis.num_samples, launch.rank)
+    _run_child(command, folder / f"synthesize-rank{launch.rank}.log", stage_env(LOCAL_RANK=str(launch.local_rank)))
+    result = finished(domino, base_model)
+    if result is None:
+        raise StageError(f"domino: synthesis finished without a manifest in {folder}; see its logs there")
+    return result
+
+
+# --- the pipeline ----------------------------------------------------------------------------
+
+
+def run_pipeline(cfg: Any, launch: Launch | None = None) -> SynthesisResult:
+    """Induction then synthesis for an Axolotl config; point its `datasets:` at the synthetic file."""
+    launch = launch or Launch.from_env()
+    domino = DominoConfig.model_validate(dict(cfg.domino))
+    base_model = str(cfg.base_model)
+    if domino.synthesis.adapter is None:  # an explicit D* skips induction
+        run_induction(domino, base_model, model_settings(cfg), launch)
+    result = run_synthesis(domino, base_model, launch)
+    use_synthetic_dataset(cfg, result)
+    return result
+
+
+def use_synthetic_dataset(cfg: Any, result: SynthesisResult) -> None:
+    """Replace `domino:synthetic` entries of `datasets:` (or append) with the synthetic file."""
+    counts = result.manifest["counts"]
+    if counts["kept"] == 0:
+        raise StageError(
+            f"domino: none of the {counts['generated']} synthetic samples was kept ({counts}); samples or "
+            "responses that hit max_new_tokens before EOS are dropped: raise domino.synthesis.max_new_tokens "
+            "/ domino.responses.max_new_tokens, or set domino.synthesis.keep_unfinished: true."
+        )
+    from axolotl.utils.dict import DictDefault  # Axolotl reads dataset entries by attribute
+
+    entry = {"path": str(result.dataset), "type": result.manifest["format"], "ds_type": "json"}
+    datasets = [DictDefault(d) for d in (cfg.datasets or [])]
+    if any(d.get("path") == SYNTHETIC for d in datasets):
+        datasets = [DictDefault({**d, **entry}) if d.get("path") == SYNTHETIC else d for d in datasets]
+    else:
+        datasets.append(DictDefault(entry))
+    cfg.datasets = datasets
+    LOG.info("domino: fine-tuning on %s (%d samples)", result.dataset, result.manifest["counts"]["kept"])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run_child(command: list[str], log_path: Path, env: dict[str, str]) -> None:
+    """Run a stage, streaming its output to our stderr and to `log_path`; raise StageError on failure."""
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            log.write(line)
+        code = proc.wait()
+    if code != 0:
+        tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-40:])
+        raise StageError(f"domino: stage command failed (exit {code}): {' '.join(command)}\nlog: {log_path}\n{tail}")
