@@ -79,10 +79,11 @@ config_argument = click.argument("config", type=click.Path(exists=True, dir_okay
 @click.option("--nproc", default=1, show_default=True, help="Processes (GPUs) for data-parallel induction.")
 def induce(config: Path, nproc: int) -> None:
     """Induce the domain tokens D* from CONFIG's references (skipped when up to date)."""
-    from axolotl_domino.pipeline import Launch, model_settings, run_induction
+    from axolotl_domino.pipeline import Launch, lock_output_dir, model_settings, run_induction
 
     _show_progress()
     domino_cfg, base_model, raw = _load_stage_config(config)
+    lock_output_dir(domino_cfg.output_dir)
     adapter = run_induction(domino_cfg, base_model, model_settings(raw), Launch(0, 0, 1, nproc))
     click.echo(adapter)
 
@@ -93,11 +94,17 @@ def induce(config: Path, nproc: int) -> None:
 @click.option("--world-size", default=None, type=int, help="Number of ranks sharing the work.")
 def synthesize(config: Path, rank: int | None, world_size: int | None) -> None:
     """Sample CONFIG's synthetic dataset from D* (resumes; skipped when up to date); print its path."""
+    from axolotl_domino.pipeline import lock_output_dir
+    from axolotl_domino.shards import rank_and_world
     from axolotl_domino.synthesize import synthesize as run
 
     _show_progress()
-    domino_cfg, base_model, _ = _load_stage_config(config)
-    result = run(domino_cfg, base_model, rank, world_size)
+    domino_cfg, base_model, raw = _load_stage_config(config)
+    if rank is None or world_size is None:
+        rank, world_size = rank_and_world()
+    if rank == 0:  # one lock holder per run
+        lock_output_dir(domino_cfg.output_dir)
+    result = run(domino_cfg, base_model, rank, world_size, trust_remote_code=bool(raw.get("trust_remote_code")))
     click.echo(result.dataset)
 
 

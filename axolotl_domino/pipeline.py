@@ -46,6 +46,8 @@ LAUNCHER_ENV = (
     "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT",
 )
 LAUNCHER_ENV_PREFIXES = ("ACCELERATE_", "TORCHELASTIC_", "DEEPSPEED_", "FSDP_", "OMPI_", "PMI_")
+LOCK_HELD_ENV = "DOMINO_OUTPUT_LOCK_HELD"  # set for our own stage children: their parent holds the lock
+_held_locks: list[Any] = []  # kept for the life of the process; the OS releases them on exit, even on kill -9
 
 
 class StageError(RuntimeError):
@@ -79,7 +81,32 @@ def stage_env(**extra: str) -> dict[str, str]:
         for key, value in os.environ.items()
         if key not in LAUNCHER_ENV and not key.startswith(LAUNCHER_ENV_PREFIXES)
     }
-    return {**env, **extra}
+    return {**env, LOCK_HELD_ENV: "1", **extra}
+
+
+def lock_output_dir(output_dir: str | Path) -> None:
+    """Refuse to share `domino.output_dir` with another run: two runs would interleave their shards.
+
+    Taken once per run (rank 0, or a single-stage command) and held until the process exits.
+    """
+    from filelock import FileLock, Timeout
+
+    if os.environ.get(LOCK_HELD_ENV):
+        return
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / ".domino.lock")
+    owner = folder / ".domino.lock.owner"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        who = owner.read_text().strip() if owner.exists() else "unknown"
+        raise StageError(
+            f"domino.output_dir: {folder} is in use by another run ({who}); wait for it to finish or set "
+            "another domino.output_dir."
+        ) from None
+    owner.write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    _held_locks.append(lock)
 
 
 def model_settings(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -165,13 +192,13 @@ def run_induction(domino: DominoConfig, base_model: str, settings: Mapping[str, 
 # --- synthesis -------------------------------------------------------------------------------
 
 
-def run_synthesis(domino: DominoConfig, base_model: str, launch: Launch) -> SynthesisResult:
+def run_synthesis(domino: DominoConfig, base_model: str, launch: Launch, trust_remote_code: bool = False) -> SynthesisResult:
     """Every rank generates its shards in a child process; rank 0's child merges."""
     done = finished(domino, base_model)
     if done is not None:
         LOG.info("domino: synthesis up to date (%s), skipping", done.dataset)
         return done
-    resolved = {"base_model": base_model, "domino": domino.model_dump(mode="json")}
+    resolved = {"base_model": base_model, "trust_remote_code": trust_remote_code, "domino": domino.model_dump(mode="json")}
     folder = Path(domino.output_dir) / "synthesis"
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / f"synthesize-{_digest(resolved)}.json"
@@ -195,10 +222,12 @@ def run_pipeline(cfg: Any, launch: Launch | None = None) -> SynthesisResult:
     """Induction then synthesis for an Axolotl config; point its `datasets:` at the synthetic file."""
     launch = launch or Launch.from_env()
     domino = DominoConfig.model_validate(dict(cfg.domino))
+    if launch.rank == 0:
+        lock_output_dir(domino.output_dir)
     base_model = str(cfg.base_model)
     if domino.synthesis.adapter is None:  # an explicit D* skips induction
         run_induction(domino, base_model, model_settings(cfg), launch)
-    result = run_synthesis(domino, base_model, launch)
+    result = run_synthesis(domino, base_model, launch, bool(cfg.trust_remote_code))
     use_synthetic_dataset(cfg, result)
     return result
 

@@ -107,10 +107,10 @@ def load_model(name: str, device: torch.device, trust_remote_code: bool = False,
     return tokenizer, model.to(device).eval()
 
 
-def _hidden_size(name: str) -> int:
+def _hidden_size(name: str, trust_remote_code: bool) -> int:
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(name).get_text_config().hidden_size
+    return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code).get_text_config().hidden_size
 
 
 def load_domain_tokens(adapter: Path, hidden_size: int) -> torch.Tensor:
@@ -142,8 +142,17 @@ def finished(domino: DominoConfig, base_model: str) -> SynthesisResult | None:
     return _finished(run_dir(domino, base_model)[0], domino)
 
 
-def synthesize(domino: DominoConfig, base_model: str, rank: int | None = None, world_size: int | None = None) -> SynthesisResult:
-    """Run (or resume, or skip when done) the synthesis stage on this rank; every rank returns the result."""
+def synthesize(
+    domino: DominoConfig,
+    base_model: str,
+    rank: int | None = None,
+    world_size: int | None = None,
+    trust_remote_code: bool = False,
+) -> SynthesisResult:
+    """Run (or resume, or skip when done) the synthesis stage on this rank; every rank returns the result.
+
+    `trust_remote_code` applies to the base model only and is never turned on implicitly.
+    """
     if rank is None or world_size is None:
         rank, world_size = rank_and_world()
     adapter = adapter_dir(domino)
@@ -163,9 +172,9 @@ def synthesize(domino: DominoConfig, base_model: str, rank: int | None = None, w
     if todo_samples or todo_responses:
         device = _device()
         needs_hf_model = bool(todo_responses) or domino.synthesis.backend == "hf"
-        tokenizer, model = load_model(base_model, device, load_weights=needs_hf_model)
+        tokenizer, model = load_model(base_model, device, trust_remote_code, load_weights=needs_hf_model)
         if todo_samples:
-            domain = load_domain_tokens(adapter, _hidden_size(base_model))
+            domain = load_domain_tokens(adapter, _hidden_size(base_model, trust_remote_code))
             _generate_shards(domino, base_model, model, tokenizer, domain, shards, todo_samples, samples_dir, rank)
         if todo_responses:
             _respond_shards(domino, base_model, model, tokenizer, shards, todo_responses, samples_dir, responses_dir, rank)

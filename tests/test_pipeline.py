@@ -1,0 +1,104 @@
+"""Pipeline plumbing that needs no model: stage environment, output lock, dataset wiring, keys."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from axolotl.utils.dict import DictDefault
+
+from axolotl_domino.args import DominoConfig
+from axolotl_domino.pipeline import (
+    LOCK_HELD_ENV,
+    SYNTHETIC,
+    StageError,
+    induction_config,
+    induction_key,
+    lock_output_dir,
+    stage_env,
+    use_synthetic_dataset,
+)
+from axolotl_domino.synthesize import SynthesisResult
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _domino(tmp_path: Path, **induction) -> DominoConfig:
+    refs = tmp_path / "refs.jsonl"
+    if not refs.exists():
+        refs.write_text('{"text": "write a function"}\n{"text": "find the sum"}\n')
+    return DominoConfig.model_validate(
+        {"references": {"path": str(refs)}, "output_dir": str(tmp_path / "out"), "induction": induction}
+    )
+
+
+def test_stage_env_drops_the_outer_launch(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "ACCELERATE_USE_DEEPSPEED", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.setenv(key, "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    env = stage_env(LOCAL_RANK="1")
+    assert env["LOCAL_RANK"] == "1" and env["CUDA_VISIBLE_DEVICES"] == "0,1" and env[LOCK_HELD_ENV] == "1"
+    assert not {"RANK", "WORLD_SIZE", "MASTER_PORT", "ACCELERATE_USE_DEEPSPEED", "TORCHELASTIC_RUN_ID"} & set(env)
+
+
+def test_second_run_on_the_same_output_dir_is_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv(LOCK_HELD_ENV, raising=False)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from axolotl_domino.pipeline import lock_output_dir; "
+         f"lock_output_dir({str(tmp_path)!r}); print('held', flush=True); time.sleep(60)"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StageError, match=rf"is in use by another run \(pid {holder.pid} on"):
+            lock_output_dir(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    lock_output_dir(tmp_path)  # the OS released the dead holder's lock
+
+
+def test_synthetic_dataset_replaces_the_marker_or_is_appended(tmp_path):
+    result = SynthesisResult(
+        dataset=tmp_path / "synthetic-abc.chat_template.jsonl",
+        manifest={"format": "chat_template", "counts": {"kept": 3, "generated": 4}},
+    )
+    cfg = DictDefault({"datasets": [{"path": "mine.jsonl", "type": "alpaca"}, {"path": SYNTHETIC, "type": "completion"}]})
+    use_synthetic_dataset(cfg, result)
+    assert cfg.datasets[0].path == "mine.jsonl"
+    assert cfg.datasets[1].path == str(result.dataset) and cfg.datasets[1].type == "chat_template"
+    cfg = DictDefault({"datasets": [{"path": "mine.jsonl", "type": "alpaca"}]})
+    use_synthetic_dataset(cfg, result)
+    assert [d.path for d in cfg.datasets] == ["mine.jsonl", str(result.dataset)]
+
+
+def test_no_kept_sample_is_a_clear_error(tmp_path):
+    result = SynthesisResult(dataset=tmp_path / "x.jsonl", manifest={"format": "completion", "counts": {"kept": 0, "generated": 5}})
+    with pytest.raises(StageError, match="none of the 5 synthetic samples was kept.*max_new_tokens"):
+        use_synthetic_dataset(DictDefault({"datasets": []}), result)
+
+
+def test_induction_key_follows_content_and_settings_not_the_path(tmp_path):
+    domino = _domino(tmp_path)
+    key = induction_key(domino, induction_config(domino, "model", {}))
+    moved = tmp_path / "elsewhere.jsonl"
+    moved.write_text((tmp_path / "refs.jsonl").read_text())
+    domino_moved = domino.model_copy(update={"references": domino.references.model_copy(update={"path": str(moved)})})
+    assert induction_key(domino_moved, induction_config(domino_moved, "model", {})) == key
+    assert induction_key(domino, induction_config(domino, "other-model", {})) != key
+    changed = _domino(tmp_path, learning_rate=0.5)
+    assert induction_key(changed, induction_config(changed, "model", {})) != key
+    (tmp_path / "refs.jsonl").write_text('{"text": "write a function"}\n{"text": "find the product"}\n')
+    assert induction_key(domino, induction_config(domino, "model", {})) != key
+
+
+def test_induction_config_is_an_axolotl_domino_prompt_run(tmp_path):
+    domino = _domino(tmp_path, micro_batch_size=4, axolotl={"logging_steps": 1})
+    config = induction_config(domino, "model", {"bf16": False})
+    assert config["adapter"] == "domino_prompt" and config["micro_batch_size"] == 4
+    assert config["bf16"] is False and config["logging_steps"] == 1
+    assert config["output_dir"].endswith("out/induction/adapter")
+    assert "synthesis" not in config["domino"]
