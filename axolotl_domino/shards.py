@@ -72,7 +72,9 @@ def jsonl_bytes(rows: Iterable[dict[str, Any]]) -> bytes:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    # bytes.splitlines splits on \n and \r only; str.splitlines would also split on U+0085 or U+2028,
+    # which json.dumps(ensure_ascii=False) leaves unescaped inside strings.
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
 
 
 def wait_until(done: Callable[[], bool], what: str, poll_seconds: float = 2.0) -> None:

@@ -24,7 +24,8 @@ import statistics
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from torch import Tensor
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from axolotl_domino.loss import domino_loss
 from axolotl_domino.references import reference_token_ids
@@ -48,7 +49,7 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def load_batch(path: str, tokenizer, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+def load_batch(path: str, tokenizer: PreTrainedTokenizerBase, rows: int) -> tuple[Tensor, Tensor]:
     """The first `rows` references, tokenized without special tokens, EOS appended, right-padded."""
     with open(path, encoding="utf-8") as handle:
         texts = [json.loads(line)["text"] for line, _ in zip(handle, range(rows))]
@@ -56,7 +57,8 @@ def load_batch(path: str, tokenizer, rows: int) -> tuple[torch.Tensor, torch.Ten
     return pad_right(ids, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
 
-def step(model, domain, sample, ids, mask, negatives, share: bool) -> tuple[float, float]:
+def step(model: PreTrainedModel, domain: Tensor, sample: Tensor, ids: Tensor, mask: Tensor,
+         negatives: Tensor | None, share: bool) -> tuple[float, float]:
     """One forward + backward; returns (seconds, loss)."""
     domain.grad = sample.grad = None
     start = time.perf_counter()
@@ -110,8 +112,9 @@ def main() -> None:
     for name in ("naive", "shared"):
         print(f"{name:6s}: {summary(times[name])}  tokens/step {tokens[name]}")
     paired = [n / s for n, s in zip(times["naive"], times["shared"])]  # same repetition, back to back
+    ratios = ", ".join(f"{r:.2f}" for r in paired)
     print(f"token ratio naive/shared: {tokens['naive'] / tokens['shared']:.2f}; "
-          f"per-repetition time ratios: {', '.join(f'{r:.2f}' for r in paired)} (median {statistics.median(paired):.2f})")
+          f"per-repetition time ratios: {ratios} (median {statistics.median(paired):.2f})")
     print(f"peak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")
     speedup = statistics.median(times["naive"]) / statistics.median(times["shared"])
     print(f"speedup: {speedup:.2f}")

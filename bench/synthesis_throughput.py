@@ -29,6 +29,7 @@ Last line printed: `speedup: <ours samples/s / baseline samples/s>`.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import time
@@ -129,6 +130,7 @@ def main() -> None:
           f"max_new_tokens={args.max_new_tokens} eos={eos}; threads={torch.get_num_threads()}")
     print(f"ours: {args.num_samples} samples, batch size {args.batch_size}; "
           f"baseline: {args.baseline_samples} samples, one generate each")
+    print(f"load average at start (other processes share these cores): {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
 
     with torch.no_grad():
         # Warm-up of both paths (allocator, kernels, first-call overheads), not timed.
@@ -184,6 +186,7 @@ def main() -> None:
               f"(min {min(lengths)}, max {max(lengths)}), {ended}/{n} ended at EOS")
     print(f"tokens/s ratio ours/baseline: "
           f"{(rows['ours'][2] / ours_total) / (rows['baseline'][2] / base_total):.2f}")
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
     print(f"peak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     print(f"speedup: {rate['ours'] / rate['baseline']:.2f}")
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 import torch
+import yaml
+from datasets import load_from_disk
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -14,7 +18,10 @@ from axolotl_domino.references import read_references, reference_token_ids
 from _axolotl import REPO, run_axolotl, tensorboard_scalars, write_yaml
 
 
-def test_induction_learns_and_round_trips_through_peft(smollm2, tmp_path):
+@pytest.fixture(scope="module")
+def induced(smollm2, tmp_path_factory):
+    """One short induction (8 MBPP statements, k = l = 8, 8 epochs) shared by the tests below."""
+    tmp_path = tmp_path_factory.mktemp("induction")
     references = tmp_path / "refs.jsonl"
     lines = (REPO / "data" / "mbpp" / "references_train100.jsonl").read_text().splitlines()[:8]
     references.write_text("\n".join(lines) + "\n")
@@ -41,6 +48,11 @@ def test_induction_learns_and_round_trips_through_peft(smollm2, tmp_path):
         "dataset_prepared_path": str(tmp_path / "prepared"),
     }
     run_axolotl("train", str(write_yaml(tmp_path / "induce.yaml", config)))
+    return out, references
+
+
+def test_induction_learns_and_round_trips_through_peft(smollm2, induced):
+    out, references = induced
 
     # Both terms fall and S tells references apart far above chance (1/B = 0.25).
     l1 = tensorboard_scalars(out, "train/domino/l1")
@@ -74,3 +86,39 @@ def test_induction_learns_and_round_trips_through_peft(smollm2, tmp_path):
     with torch.no_grad():
         generated = model.generate(input_ids=x[:, :1], max_new_tokens=8, do_sample=False)
     assert generated.shape[1] > 1
+
+
+def test_synthesis_from_the_induced_domain_in_every_format_trains_in_axolotl(smollm2, induced, tmp_path):
+    out, references = induced
+    config = {
+        "base_model": str(smollm2),
+        "domino": {
+            "references": {"path": str(references)},
+            "output_dir": str(tmp_path / "domino"),
+            "synthesis": {"adapter": str(out), "num_samples": 6, "max_new_tokens": 48, "keep_unfinished": True},
+            "responses": {"enabled": True, "max_new_tokens": 256, "system_prompt": "Answer with one short Python function."},
+        },
+    }
+    datasets = []
+    for format in ("chat_template", "alpaca", "completion"):  # the 2nd and 3rd re-merge the same shards
+        config["domino"]["dataset"] = {"format": format}
+        path = run_axolotl("domino", "synthesize", str(write_yaml(tmp_path / "synth.yaml", config))).stdout.splitlines()[-1]
+        assert path.endswith(f".{format}.jsonl")
+        datasets.append({"path": path, "type": format, "ds_type": "json"})
+    manifests = list((tmp_path / "domino" / "synthesis").glob("*/manifest.json"))
+    assert len(manifests) == 1  # one run folder: shards were generated once
+    kept = json.loads(manifests[0].read_text())["counts"]["kept"]
+    assert kept >= 1 and all(len(Path(d["path"]).read_bytes().splitlines()) == kept for d in datasets)
+
+    sft = yaml.safe_load((REPO / "example_yamls" / "quickstart.yaml").read_text())
+    for key in ("plugins", "domino"):
+        sft.pop(key)
+    sft.update(
+        base_model=str(smollm2), datasets=datasets, max_steps=1, micro_batch_size=2, bf16=False, fp16=False,
+        lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False, lora_embedding_kernel=False,
+        output_dir=str(tmp_path / "sft"), dataset_prepared_path=str(tmp_path / "prepared"),
+    )
+    run_axolotl("train", str(write_yaml(tmp_path / "sft.yaml", sft)))
+    (prepared,) = [p for p in (tmp_path / "prepared").iterdir() if p.is_dir()]
+    assert len(load_from_disk(str(prepared))) == 3 * kept  # every row of every format was loaded
+    assert (tmp_path / "sft" / "adapter_model.safetensors").exists()

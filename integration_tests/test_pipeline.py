@@ -61,7 +61,7 @@ def test_pipeline_end_to_end_then_skips_then_reruns_on_a_changed_reference(smoll
     manifest = _manifest(domino_dir)
     assert manifest["counts"]["generated"] == 8 and manifest["counts"]["kept"] >= 1
     dataset = next((domino_dir / "synthesis").glob("*/synthetic-*.chat_template.jsonl"))
-    rows = [json.loads(line) for line in dataset.read_text().splitlines()]
+    rows = [json.loads(line) for line in dataset.read_bytes().splitlines()]
     assert len(rows) == manifest["counts"]["kept"]
     assert all([m["role"] for m in row["messages"]] == ["user", "assistant"] for row in rows)
     assert f"domino: fine-tuning on {dataset}" in log
