@@ -79,10 +79,11 @@ config_argument = click.argument("config", type=click.Path(exists=True, dir_okay
 @click.option("--nproc", default=1, show_default=True, help="Processes (GPUs) for data-parallel induction.")
 def induce(config: Path, nproc: int) -> None:
     """Induce the domain tokens D* from CONFIG's references (skipped when up to date)."""
-    from axolotl_domino.pipeline import Launch, lock_output_dir, model_settings, run_induction
+    from axolotl_domino.pipeline import Launch, lock_output_dir, model_settings, preflight, run_induction
 
     _show_progress()
     domino_cfg, base_model, raw = _load_stage_config(config)
+    preflight(domino_cfg, base_model, bool(raw.get("trust_remote_code")))
     lock_output_dir(domino_cfg.output_dir)
     adapter = run_induction(domino_cfg, base_model, model_settings(raw), Launch(0, 0, 1, nproc))
     click.echo(adapter)

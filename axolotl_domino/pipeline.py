@@ -118,6 +118,42 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# --- checks before any heavy work -------------------------------------------------------------
+
+
+def preflight(domino: DominoConfig, base_model: str, trust_remote_code: bool = False) -> None:
+    """Fail in seconds, naming the key and the fix, on inputs that would fail an hour in."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from axolotl_domino.references import chat_turn_header
+
+    if base_model.startswith((".", "/", "~")) and not Path(base_model).expanduser().exists():
+        raise StageError(
+            f"base_model: {base_model} does not exist. For the embedded model run `make model` or "
+            f"`axolotl domino prepare-model smollm2-135m-instruct --output {base_model}`."
+        )
+    output = Path(domino.output_dir)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StageError(f"domino.output_dir: cannot write to {output} ({exc.strerror}); choose a writable folder.") from None
+    read_references(domino.references.path, domino.references.field, min_count=1 if domino.induction.l1_only else 2)
+    if domino.synthesis.adapter is None:
+        context = getattr(AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code).get_text_config(),
+                          "max_position_embeddings", None)
+        needed = domino.induction.num_domain_tokens + domino.induction.num_sample_tokens + domino.references.max_tokens + 1
+        if context is not None and needed > context:
+            raise StageError(
+                f"domino.references.max_tokens: k + l + max_tokens + EOS = {needed} tokens exceeds the model's "
+                f"context of {context}; lower max_tokens, num_domain_tokens or num_sample_tokens."
+            )
+    if domino.references.format == "chat":
+        chat_turn_header(AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code), domino.references.chat_role)
+
+
 # --- induction -------------------------------------------------------------------------------
 
 
@@ -222,9 +258,10 @@ def run_pipeline(cfg: Any, launch: Launch | None = None) -> SynthesisResult:
     """Induction then synthesis for an Axolotl config; point its `datasets:` at the synthetic file."""
     launch = launch or Launch.from_env()
     domino = DominoConfig.model_validate(dict(cfg.domino))
+    base_model = str(cfg.base_model)
+    preflight(domino, base_model, bool(cfg.trust_remote_code))
     if launch.rank == 0:
         lock_output_dir(domino.output_dir)
-    base_model = str(cfg.base_model)
     if domino.synthesis.adapter is None:  # an explicit D* skips induction
         run_induction(domino, base_model, model_settings(cfg), launch)
     result = run_synthesis(domino, base_model, launch, bool(cfg.trust_remote_code))

@@ -51,7 +51,7 @@ SCHEMA_VERSION = 1
 LCS_MAX_REFERENCE_CHARS = 500_000  # references beyond this are subsampled (the report says how many were used)
 LCS_MAX_QUERY_CHARS = 20_000  # each synthetic text is searched up to this many characters
 # t-SNE is used for the projection when the pooled number of points is in this range (`projection: auto`).
-TSNE_MIN_POINTS, TSNE_MAX_POINTS = 10, 3000
+TSNE_MIN_POINTS, TSNE_MAX_POINTS = 10, 1500
 MIN_CLASSIFIER_PER_CLASS = 4  # the classifier two-sample test needs this many samples in each set
 
 
@@ -86,9 +86,10 @@ class ScoreConfig(BaseModel):
     )
     projection: Literal["auto", "pca", "tsne"] = Field(
         default="auto",
-        description=f"2-D map of the embeddings: `tsne` (local neighbourhoods, like the paper's Figure 3), `pca` "
-        f"(linear, fast, distances comparable) or `auto`: t-SNE for {TSNE_MIN_POINTS}-{TSNE_MAX_POINTS} points, "
-        "else PCA.",
+        description="2-D map of the embeddings (projection.png): `tsne` keeps local neighbourhoods (clusters, "
+        "coverage, outliers), like the DOMINO paper's Figure 3; `pca` is linear and fast with all points; `auto`: "
+        f"t-SNE from {TSNE_MIN_POINTS} points on, else PCA. t-SNE maps at most {TSNE_MAX_POINTS} points (a random "
+        "subset when the sets are larger, all references first).",
     )
     seed: int = Field(default=0, description="Seed of the subsampling, the classifier folds and the projection.")
 
@@ -543,22 +544,27 @@ def length_ks(a: Sequence[str], b: Sequence[str]) -> dict[str, float] | None:
 
 
 def project_2d(embeddings: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str] | None:
-    """2-D coordinates of the rows. `auto`: t-SNE (init PCA, perplexity min(30, (n-1)/3)) for
-    TSNE_MIN_POINTS..TSNE_MAX_POINTS rows, which shows clusters and coverage like the paper's Figure 3 in
-    seconds at that size; PCA otherwise (linear, fast at any size). None for fewer than 3 rows."""
+    """2-D coordinates of the rows, and the method used ("t-SNE" or "PCA"). None for fewer than 3 rows.
+
+    `auto` picks t-SNE for TSNE_MIN_POINTS..TSNE_MAX_POINTS rows: it keeps local neighbourhoods, so clusters,
+    coverage and outliers show like the DOMINO paper's Figure 3; it runs on the first 50 principal components
+    (init PCA, perplexity min(30, (n-1)/3)), seconds to tens of seconds on a CPU at that size. Outside that
+    range `auto` is PCA: linear, fast at any size, global distances comparable. `tsne`/`pca` force one.
+    """
     x = np.asarray(embeddings, dtype=np.float64)
     n = len(x)
     if n < 3:
         return None
+    from sklearn.decomposition import PCA
+
     use_tsne = method == "tsne" or (method == "auto" and TSNE_MIN_POINTS <= n <= TSNE_MAX_POINTS)
     if use_tsne and n >= 5:
         from sklearn.manifold import TSNE
 
+        reduced = PCA(n_components=min(50, n, x.shape[1]), random_state=seed).fit_transform(x)
         perplexity = float(min(30.0, max(1.0, (n - 1) / 3.0)))
-        coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, metric="cosine")
-        return coords.fit_transform(x), "t-SNE"
-    from sklearn.decomposition import PCA
-
+        tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+        return tsne.fit_transform(reduced), "t-SNE"
     components = min(2, n, x.shape[1])
     coords = PCA(n_components=components, random_state=seed).fit_transform(x)
     if components < 2:
@@ -582,10 +588,35 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
+def _plot_subsample(groups: dict[str, np.ndarray], budget: int, seed: int) -> dict[str, np.ndarray]:
+    """Shrink the groups to `budget` points in all: references are kept whole (up to the budget), the other
+    groups are subsampled in proportion to their sizes."""
+    total = sum(len(e) for e in groups.values())
+    if total <= budget:
+        return groups
+    rng = np.random.default_rng(seed)
+    keep_refs = min(len(groups.get("references", ())), budget // 2)
+    others = {name: e for name, e in groups.items() if name != "references"}
+    other_total = sum(len(e) for e in others.values())
+    out = {}
+    for name, emb in groups.items():
+        share = keep_refs if name == "references" else int((budget - keep_refs) * len(emb) / max(1, other_total))
+        share = max(min(share, len(emb)), min(1, len(emb)))
+        out[name] = emb[np.sort(rng.choice(len(emb), share, replace=False))] if share < len(emb) else emb
+    return out
+
+
 def projection_png(groups: dict[str, np.ndarray], method: str = "auto", seed: int = 0) -> tuple[bytes, str | None]:
-    """PNG of the 2-D projection of every group's embeddings (fitted jointly); returns (png, method used)."""
+    """PNG of the 2-D projection of every group's embeddings (fitted jointly); returns (png, method used).
+
+    Unless `method` is "pca", a random subset of at most TSNE_MAX_POINTS points is drawn (all references
+    first), so the map is a t-SNE at any set size; the legend gives the number of points shown.
+    """
     from matplotlib.figure import Figure
 
+    sizes = {name: len(emb) for name, emb in groups.items()}
+    if method != "pca":
+        groups = _plot_subsample(groups, TSNE_MAX_POINTS, seed)
     names = [name for name, emb in groups.items() if len(emb)]
     stacked = np.concatenate([groups[name] for name in names]) if names else np.zeros((0, 1))
     projected = project_2d(stacked, method, seed)
@@ -601,8 +632,9 @@ def projection_png(groups: dict[str, np.ndarray], method: str = "auto", seed: in
         count = len(groups[name])
         colour, size, alpha, order = _STYLE.get(name, ("#7f7f7f", 12, 0.6, 1))
         part = coords[start : start + count]
-        axes.scatter(part[:, 0], part[:, 1], s=size, c=colour, alpha=alpha, zorder=order, label=f"{name} ({count})",
-                     edgecolors="none" if name != "references" else "black", linewidths=0.4)
+        label = f"{name} ({count})" if count == sizes[name] else f"{name} ({count} of {sizes[name]})"
+        axes.scatter(part[:, 0], part[:, 1], s=size, c=colour, alpha=alpha, zorder=order, label=label,
+                     edgecolors="black" if name == "references" else "none", linewidths=0.4)
         start += count
     axes.set_title(f"{used} of sentence embeddings")
     axes.set_xticks([])

@@ -102,3 +102,24 @@ def test_induction_config_is_an_axolotl_domino_prompt_run(tmp_path):
     assert config["bf16"] is False and config["logging_steps"] == 1
     assert config["output_dir"].endswith("out/induction/adapter")
     assert "synthesis" not in config["domino"]
+
+
+def test_preflight_names_the_key_and_the_fix(tmp_path, tiny_model_dir):
+    from axolotl_domino.pipeline import preflight
+    from axolotl_domino.references import ReferenceError
+
+    def config(k: int = 4, **update) -> DominoConfig:
+        domino = _domino(tmp_path, num_domain_tokens=k, num_sample_tokens=k)
+        domino.references.max_tokens = 64
+        return domino.model_copy(update=update)
+
+    preflight(config(), str(tiny_model_dir))  # fine
+    with pytest.raises(StageError, match="base_model: ./nowhere does not exist.*prepare-model"):
+        preflight(config(), "./nowhere")
+    with pytest.raises(StageError, match="= 665 tokens exceeds the model's context of 512"):  # 300 + 300 + 64 + 1
+        preflight(config(k=300), str(tiny_model_dir))
+    with pytest.raises(StageError, match="domino.output_dir: cannot write"):
+        preflight(config(output_dir=str(tmp_path / "refs.jsonl" / "out")), str(tiny_model_dir))  # under a file
+    (tmp_path / "refs.jsonl").write_text('{"text": "only one"}\n')
+    with pytest.raises(ReferenceError, match="at least 2"):
+        preflight(config(), str(tiny_model_dir))
