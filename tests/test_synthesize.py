@@ -165,3 +165,29 @@ def test_two_gloo_ranks_merge_to_the_single_rank_dataset(tiny_model_dir, adapter
     merged = manifest.parent / json.loads(manifest.read_text())["dataset_file"]
     assert merged.read_bytes() == single.dataset.read_bytes()
     assert json.loads(manifest.read_text())["world_size"] == 2
+
+
+def test_disk_full_fails_cleanly_and_the_rerun_recovers(tiny_model_dir, adapter, tmp_path, monkeypatch):
+    import errno
+
+    import axolotl_domino.shards as shards
+
+    settings = {"num_samples": 8, "shard_size": 2, "keep_unfinished": True}
+    reference = synthesize(DominoConfig.model_validate(_config(tmp_path / "a", adapter, synthesis=settings)), str(tiny_model_dir), 0, 1)
+    config = DominoConfig.model_validate(_config(tmp_path / "b", adapter, synthesis=settings))
+    real_fsync, calls = os.fsync, {"n": 0}
+
+    def fsync_fails_on_the_third_file(fd):  # the disk fills up while the third shard is flushed
+        calls["n"] += 1
+        if calls["n"] == 5:  # fsyncs alternate file, directory: 5 = third file
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(shards.os, "fsync", fsync_fails_on_the_third_file)
+    with pytest.raises(OSError, match="No space left"):
+        synthesize(config, str(tiny_model_dir), 0, 1)
+    monkeypatch.setattr(shards.os, "fsync", real_fsync)
+    folder = tmp_path / "b" / "domino" / "synthesis"
+    assert len(list(folder.glob("*/samples/samples-*.jsonl"))) == 2  # the failed shard is not under its name
+    assert not list(folder.glob("**/.*.tmp-*"))  # and its temporary file is gone
+    assert synthesize(config, str(tiny_model_dir), 0, 1).dataset.read_bytes() == reference.dataset.read_bytes()
