@@ -92,10 +92,13 @@ class PrefixSampler:
         self.batch_size = settings.batch_size or auto_batch_size(model, self.prefix_len, settings.max_new_tokens)
 
     def _pick(self, scores: Tensor, generators: list[torch.Generator]) -> Tensor:
+        """Greedy, or one inverse-CDF draw per row from that row's own generator (vectorised)."""
         if self.settings.temperature == 0:
             return scores.argmax(dim=-1)
-        probs = torch.softmax(scores, dim=-1).cpu()
-        return torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators)])
+        cdf = torch.softmax(scores, dim=-1).cumsum(dim=-1)
+        uniforms = torch.cat([torch.rand(1, generator=g) for g in generators]).to(cdf.device)
+        picked = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None]).squeeze(1)
+        return picked.clamp(max=scores.shape[-1] - 1)
 
     def _hit_stop_string(self, tokens: list[int]) -> bool:
         tail = self.tokenizer.decode(tokens[-32:], skip_special_tokens=False)
