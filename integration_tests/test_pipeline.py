@@ -20,6 +20,7 @@ def _config(smollm2: Path, tmp_path: Path, references: Path, **domino_overrides)
     # A 2-epoch D* rarely stops within 48 tokens: keep cut samples so the test does not hinge on it.
     domino["synthesis"].update(num_samples=8, max_new_tokens=48, batch_size=8, keep_unfinished=True)
     domino["responses"].update(max_new_tokens=256, batch_size=8)
+    domino["filters"] = {"dedup": {"enabled": True}}  # the quickstart's stricter filters could empty 8 samples
     for key, value in domino_overrides.items():
         domino[key] = {**domino.get(key, {}), **value}
     config.update(
@@ -65,6 +66,8 @@ def test_pipeline_end_to_end_then_skips_then_reruns_on_a_changed_reference(smoll
     assert len(rows) == manifest["counts"]["kept"]
     assert all([m["role"] for m in row["messages"]] == ["user", "assistant"] for row in rows)
     assert f"domino: fine-tuning on {dataset}" in log
+    assert [r["name"] for r in manifest["filters"]] == ["dedup"]
+    assert json.loads((dataset.parent / "scorecard.json").read_text())["counts"]
     sft = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
     assert sum(float(t.abs().sum()) for name, t in sft.items() if "lora_B" in name) > 0  # SFT stepped
 
@@ -87,7 +90,7 @@ def test_pipeline_with_two_torchrun_ranks(smollm2, tmp_path):
     config = _config(
         smollm2, tmp_path, _references(tmp_path),
         responses={"enabled": False}, dataset={"format": "completion"},
-        synthesis={"shard_size": 2},
+        synthesis={"shard_size": 2}, score={"enabled": False},
     )
     config["micro_batch_size"] = 2
     config_path = write_yaml(tmp_path / "domino.yaml", config)
