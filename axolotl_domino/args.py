@@ -14,6 +14,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+def _require_file(path: str, key: str, fix: str) -> None:
+    """A config path must name an existing file; the error names the key, where it looked and the fix."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        where = "does not exist" if not file.exists() else "is not a file"
+        raise ValueError(f"{key}: '{path}' {where} (resolved from {Path.cwd()}). {fix}")
+
+
 class _Block(BaseModel):
     """Base of every `domino:` sub-block: typos are errors, not silently ignored keys."""
 
@@ -42,13 +50,7 @@ class ReferencesConfig(_Block):
 
     @model_validator(mode="after")
     def _file_exists(self) -> "ReferencesConfig":
-        file = Path(self.path).expanduser()
-        if not file.is_file():
-            where = "does not exist" if not file.exists() else "is not a file"
-            raise ValueError(
-                f"domino.references.path: '{self.path}' {where} (resolved from {Path.cwd()}). "
-                "Point it at a JSON Lines file with one reference per line."
-            )
+        _require_file(self.path, "domino.references.path", "Point it at a JSON Lines file with one reference per line.")
         return self
 
 
@@ -271,10 +273,7 @@ class DecontaminationFilterConfig(_FilterBlock):
         if not self.files:
             raise ValueError("domino.filters.decontamination.files: list at least one benchmark JSONL file.")
         for name in self.files:
-            if not Path(name).expanduser().is_file():
-                raise ValueError(
-                    f"domino.filters.decontamination.files: '{name}' is not a file (resolved from {Path.cwd()})."
-                )
+            _require_file(name, "domino.filters.decontamination.files", "List benchmark JSON Lines files.")
         return self
 
 
@@ -388,13 +387,11 @@ class ScoreConfig(_Block):
     @model_validator(mode="after")
     def _heldout_exists(self) -> "ScoreConfig":
         if self.heldout_path is not None:
-            file = Path(self.heldout_path).expanduser()
-            if not file.is_file():
-                where = "does not exist" if not file.exists() else "is not a file"
-                raise ValueError(
-                    f"domino.score.heldout_path: '{self.heldout_path}' {where} (resolved from {Path.cwd()}). Point "
-                    "it at a JSON Lines file of real domain samples, or remove it to score against the references."
-                )
+            _require_file(
+                self.heldout_path,
+                "domino.score.heldout_path",
+                "Point it at a JSON Lines file of real domain samples, or remove it to score against the references.",
+            )
         if not self.heldout_field:
             raise ValueError("domino.score.heldout_field: must be a non-empty key name.")
         return self
