@@ -94,7 +94,8 @@ def _score_full(model: PreTrainedModel, prefix_embeds: Tensor, ids: Tensor, mask
     n, p = prefix_embeds.shape[:2]
     embeds = torch.cat([prefix_embeds, model.get_input_embeddings()(ids)], dim=1)
     attn = torch.cat([mask.new_ones(n, p), mask], dim=1)
-    logits = model(inputs_embeds=embeds, attention_mask=attn).logits[:, p - 1 : -1]
+    # Only the positions that predict X (the last prefix position onwards): no vocabulary logits for the prefix.
+    logits = model(inputs_embeds=embeds, attention_mask=attn, logits_to_keep=ids.shape[1] + 1).logits[:, :-1]
     return sequence_logprob(logits, ids, mask, length_normalized)
 
 
