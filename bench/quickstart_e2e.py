@@ -1,10 +1,11 @@
 """Wall time and peak memory of the quickstart, end to end, as a user runs it.
 
 Runs a command (default: `axolotl train example_yamls/quickstart.yaml` from the repository root, with
-fresh `domino_out/` and `outputs/quickstart/` so no stage is skipped) and samples the summed resident
-memory (RSS) of the whole process tree (launcher, trainer, the stages' child processes) every
-0.25 s. The sum over the tree is what the machine must hold; a single process's peak understates it.
-Last line: `quickstart: wall_s=<s> peak_rss_gib=<GiB>`.
+fresh `domino_out/` and `outputs/quickstart/` so no stage is skipped) and samples the memory of the
+whole process tree (launcher, trainer, the stages' child processes, dataset workers) every 0.25 s:
+the summed RSS, which counts pages that forked processes share once per process (an upper bound),
+and the summed PSS, which splits shared pages among their users (what the machine must hold).
+Last line: `quickstart: wall_s=<s> peak_rss_gib=<GiB> peak_pss_gib=<GiB>`.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tree_rss(root: psutil.Process) -> int:
-    total = 0
+def tree_memory(root: psutil.Process) -> tuple[int, int]:
+    """(summed RSS, summed PSS) of `root` and all its descendants, in bytes."""
+    rss = pss = 0
     for proc in [root, *root.children(recursive=True)]:
         try:
-            total += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
+            info = proc.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        rss, pss = rss + info.rss, pss + info.pss
+    return rss, pss
 
 
 def main() -> None:
@@ -44,14 +47,15 @@ def main() -> None:
     env.update({"AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     started = time.perf_counter()
     proc = subprocess.Popen(["axolotl", "train", args.config], cwd=REPO, env=env)
-    root, peak = psutil.Process(proc.pid), 0
+    root, peak_rss, peak_pss = psutil.Process(proc.pid), 0, 0
     while proc.poll() is None:
-        peak = max(peak, tree_rss(root))
+        rss, pss = tree_memory(root)
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
         time.sleep(0.25)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         sys.exit(f"quickstart failed with exit code {proc.returncode}")
-    print(f"quickstart: wall_s={wall:.0f} peak_rss_gib={peak / 2**30:.2f}")
+    print(f"quickstart: wall_s={wall:.0f} peak_rss_gib={peak_rss / 2**30:.2f} peak_pss_gib={peak_pss / 2**30:.2f}")
 
 
 if __name__ == "__main__":
