@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from peft import PeftModelForCausalLM, PromptTuningConfig, PromptTuningInit, TaskType
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from axolotl_domino.args import InductionConfig
 from axolotl_domino.loss import DominoLossOutput, domino_loss
+from axolotl_domino.shards import write_atomic
 
 LOG = logging.getLogger("axolotl.integrations.domino.induce")
 
@@ -153,15 +153,6 @@ class DominoPromptModel(PeftModelForCausalLM):
             return
         directory = Path(save_directory)
         if self.domino_sample is not None:
-            _atomic(directory / SAMPLE_TOKENS_FILE, lambda tmp: save_file(self.domino_sample.tensors(), str(tmp)))
-        _atomic(
-            directory / METADATA_FILE,
-            lambda tmp: tmp.write_text(json.dumps(self.domino_metadata, indent=2, sort_keys=True) + "\n"),
-        )
-
-
-def _atomic(target: Path, write) -> None:
-    """Write through a temporary name so a crash never leaves a partial file under `target`."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    write(tmp)
-    tmp.replace(target)
+            write_atomic(directory / SAMPLE_TOKENS_FILE, save(self.domino_sample.tensors()))
+        metadata = json.dumps(self.domino_metadata, indent=2, sort_keys=True) + "\n"
+        write_atomic(directory / METADATA_FILE, metadata.encode())

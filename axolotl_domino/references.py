@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from axolotl_domino.shards import jsonl_bytes, write_atomic
 
 LOG = logging.getLogger("axolotl.integrations.domino.references")
 
@@ -149,15 +150,10 @@ def write_indexed(references: References, directory: Path) -> Path:
 
     Axolotl caches tokenized data by dataset path, so the name must change with the content.
     """
-    directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"references-{references.sha256[:16]}.jsonl"
-    if target.exists():
-        return target
-    tmp = target.with_suffix(f".tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for index, text in enumerate(references.texts):
-            handle.write(json.dumps({"text": text, INDEX_FIELD: index}, ensure_ascii=False) + "\n")
-    tmp.replace(target)
+    if not target.exists():
+        rows = ({"text": text, INDEX_FIELD: index} for index, text in enumerate(references.texts))
+        write_atomic(target, jsonl_bytes(rows))
     return target
 
 
