@@ -219,6 +219,8 @@ def run_induction(domino: DominoConfig, base_model: str, settings: Mapping[str, 
     command = ["axolotl", "train", str(config_path)]
     if launch.local_world_size > 1:
         command += ["--launcher", "torchrun", "--", f"--nproc_per_node={launch.local_world_size}", f"--master_port={_free_port()}"]
+    else:  # in-process: no `accelerate launch` layer holding its own copy of torch in memory
+        command += ["--launcher", "python"]
     LOG.info("domino: inducing the domain: %s", " ".join(command))
     _run_child(command, folder / f"induce-{key}.log", stage_env())
     write_atomic(adapter / STAGE_FILE, json.dumps({"key": key, "config": config_path.name}).encode())
