@@ -74,14 +74,19 @@ class Launch:
         )
 
 
-def stage_env(**extra: str) -> dict[str, str]:
-    """The environment for a stage's child: ours minus every launcher/DeepSpeed/accelerate variable."""
+def stage_env(processes_per_node: int = 1, **extra: str) -> dict[str, str]:
+    """The environment for a stage's child: ours minus every launcher/DeepSpeed/accelerate variable.
+
+    `accelerate launch` sets OMP_NUM_THREADS=1 in the outer run; a stage's child instead gets the
+    node's cores shared among the stage's processes on this node.
+    """
     env = {
         key: value
         for key, value in os.environ.items()
         if key not in LAUNCHER_ENV and not key.startswith(LAUNCHER_ENV_PREFIXES)
     }
-    return {**env, LOCK_HELD_ENV: "1", **extra}
+    threads = str(max(1, (os.cpu_count() or 1) // processes_per_node))
+    return {**env, LOCK_HELD_ENV: "1", "OMP_NUM_THREADS": threads, **extra}
 
 
 def lock_output_dir(output_dir: str | Path) -> None:
@@ -222,7 +227,7 @@ def run_induction(domino: DominoConfig, base_model: str, settings: Mapping[str, 
     else:  # in-process: no `accelerate launch` layer holding its own copy of torch in memory
         command += ["--launcher", "python"]
     LOG.info("domino: inducing the domain: %s", " ".join(command))
-    _run_child(command, folder / f"induce-{key}.log", stage_env())
+    _run_child(command, folder / f"induce-{key}.log", stage_env(launch.local_world_size))
     write_atomic(adapter / STAGE_FILE, json.dumps({"key": key, "config": config_path.name}).encode())
     return adapter
 
@@ -246,7 +251,8 @@ def run_synthesis(domino: DominoConfig, base_model: str, launch: Launch, trust_r
         "--rank", str(launch.rank), "--world-size", str(launch.world_size),
     ]
     LOG.info("domino: synthesising %d samples from D* (rank %d)", domino.synthesis.num_samples, launch.rank)
-    _run_child(command, folder / f"synthesize-rank{launch.rank}.log", stage_env(LOCAL_RANK=str(launch.local_rank)))
+    env = stage_env(launch.local_world_size, LOCAL_RANK=str(launch.local_rank))
+    _run_child(command, folder / f"synthesize-rank{launch.rank}.log", env)
     result = finished(domino, base_model)
     if result is None:
         raise StageError(f"domino: synthesis finished without a manifest in {folder}; see its logs there")

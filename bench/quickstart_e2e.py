@@ -2,7 +2,7 @@
 
 Runs a command (default: `axolotl train example_yamls/quickstart.yaml` from the repository root, with
 fresh `domino_out/` and `outputs/quickstart/` so no stage is skipped) and samples the memory of the
-whole process tree (launcher, trainer, the stages' child processes, dataset workers) every 0.25 s:
+whole process tree (launcher, trainer, the stages' child processes, dataset workers) every 0.5 s:
 the summed RSS, which counts pages that forked processes share once per process (an upper bound),
 and the summed PSS, which splits shared pages among their users (what the machine must hold).
 Last line: `quickstart: wall_s=<s> peak_rss_gib=<GiB> peak_pss_gib=<GiB>`.
@@ -51,7 +51,7 @@ def main() -> None:
     while proc.poll() is None:
         rss, pss = tree_memory(root)
         peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-        time.sleep(0.25)
+        time.sleep(0.5)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         sys.exit(f"quickstart failed with exit code {proc.returncode}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,8 +39,11 @@ def test_stage_env_drops_the_outer_launch(monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "ACCELERATE_USE_DEEPSPEED", "TORCHELASTIC_RUN_ID"):
         monkeypatch.setenv(key, "1")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    env = stage_env(LOCAL_RANK="1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what accelerate launch sets in the outer run
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    env = stage_env(2, LOCAL_RANK="1")
     assert env["LOCAL_RANK"] == "1" and env["CUDA_VISIBLE_DEVICES"] == "0,1" and env[LOCK_HELD_ENV] == "1"
+    assert env["OMP_NUM_THREADS"] == "4"  # the node's cores shared by the stage's 2 processes
     assert not {"RANK", "WORLD_SIZE", "MASTER_PORT", "ACCELERATE_USE_DEEPSPEED", "TORCHELASTIC_RUN_ID"} & set(env)
 
 
