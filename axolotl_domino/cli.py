@@ -130,6 +130,7 @@ def report(config: Path) -> None:
     counts = result.manifest["counts"]
     click.echo(f"synthesis: {counts['kept']} of {counts['generated']} samples kept -> {result.dataset}")
     click.echo(json.dumps({"counts": counts, "filters": result.manifest["filters"]}, indent=2))
+    from axolotl_domino.references import read_references
     from axolotl_domino.shards import read_jsonl
     from axolotl_domino.synthesize import write_scorecard
 
@@ -137,7 +138,8 @@ def report(config: Path) -> None:
     rows = read_jsonl(result.dataset)
     synthetic = [row.get("text") or row.get("instruction") or row["messages"][0]["content"] for row in rows]
     if write_scorecard(domino_cfg.model_copy(update={"score": domino_cfg.score.model_copy(update={"enabled": True})}),
-                       synthetic, result.dataset.parent) is not None:
+                       synthetic, read_references(domino_cfg.references.path, domino_cfg.references.field).texts,
+                       result.dataset.parent) is not None:
         click.echo((result.dataset.parent / "scorecard.md").read_text())
 
 

@@ -268,9 +268,8 @@ def _merge(domino, base_model, adapter: Path, adapter_sha, run_dir: Path, num_sh
             else:
                 answer = responses[row["index"]]["response"] if domino.responses.enabled else None
                 rows.append({"index": row["index"], "instruction": row["text"], "response": answer})
-    rows, reports = apply_filters(
-        rows, domino.filters, read_references(domino.references.path, domino.references.field).texts, base_model=base_model
-    )
+    references = read_references(domino.references.path, domino.references.field).texts
+    rows, reports = apply_filters(rows, domino.filters, references, base_model=base_model)
     counts["removed_by_filters"] = sum(report.removed for report in reports)
     counts["kept"] = len(rows)
     records = [record(domino.dataset.format, row["instruction"], row["response"]) for row in rows]
@@ -300,11 +299,13 @@ def _merge(domino, base_model, adapter: Path, adapter_sha, run_dir: Path, num_sh
         if directory.exists():
             remove_temporaries(directory)
     LOG.info("domino: wrote %d of %d synthetic samples to %s", counts["kept"], counts["generated"], dataset)
-    write_scorecard(domino, [row["instruction"] for row in rows], run_dir)
+    write_scorecard(domino, [row["instruction"] for row in rows], references, run_dir)
     return SynthesisResult(dataset=dataset, manifest=manifest)
 
 
-def write_scorecard(domino: DominoConfig, synthetic: list[str], run_dir: Path) -> dict[str, Any] | None:
+def write_scorecard(
+    domino: DominoConfig, synthetic: list[str], references: list[str], run_dir: Path
+) -> dict[str, Any] | None:
     """Diversity / memorisation / fidelity of the synthetic set (score.py), next to the dataset.
 
     Runs after the manifest: a scorecard failure must not cost the synthesised data; it is logged
@@ -312,7 +313,6 @@ def write_scorecard(domino: DominoConfig, synthetic: list[str], run_dir: Path) -
     """
     from axolotl_domino.score import run_scorecard
 
-    references = read_references(domino.references.path, domino.references.field).texts
     try:
         card = run_scorecard(domino.score, synthetic, references, run_dir)
     except Exception as exc:  # noqa: BLE001 - reported, never fatal to the dataset
