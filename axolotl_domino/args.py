@@ -90,7 +90,9 @@ class InductionConfig(_Block):
         default=False,
         description="Train D with L1 alone (the plain prompt-tuning baseline). Implied by num_sample_tokens: 0.",
     )
-    seed: int = Field(default=0, description="Seed of the soft-token initialisation and of sampled negatives.")
+    seed: int = Field(
+        default=0, description="Seed of the soft-token initialisation, the sampled negatives and the data order."
+    )
     # Training of the pipeline's induction stage (a standalone `adapter: domino_prompt` YAML uses its
     # own top-level keys instead).
     num_epochs: float = Field(default=10, gt=0, description="Epochs over the references (paper: 10).")
@@ -99,6 +101,12 @@ class InductionConfig(_Block):
     lr_scheduler: str = Field(default="linear", description="Any Axolotl `lr_scheduler`.")
     micro_batch_size: int = Field(default=3, ge=1, description="References per micro-batch (paper: 3).")
     gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
+    save_steps: int = Field(
+        default=50,
+        ge=0,
+        description="Checkpoint D, S and the optimizer every this many steps; a killed induction resumes from "
+        "the last one (0: no checkpoints). Not part of the stage's key.",
+    )
     axolotl: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra top-level Axolotl keys for the induction run (e.g. deepspeed, use_wandb, logging_steps).",

@@ -65,6 +65,23 @@ def _load_stage_config(config: Path):
         raise click.ClickException(f"{config}: invalid domino: block\n{exc}") from exc
 
 
+def _resolved_model_settings(config: Path) -> dict:
+    """The model settings `axolotl train CONFIG` resolves (precision, tokenizer, ...): the stage keys must
+    come from the same normalisation as the pipeline's, or a finished stage would look stale."""
+    from axolotl.cli.config import load_cfg
+    from pydantic import ValidationError
+
+    from axolotl_domino.pipeline import model_settings
+
+    try:
+        return model_settings(load_cfg(str(config)))
+    except (ValidationError, ValueError) as exc:
+        raise click.ClickException(
+            f"{config}: not a valid Axolotl config; it is read as `axolotl train` reads it, so it needs the "
+            f"keys `axolotl train` needs:\n{exc}"
+        ) from exc
+
+
 def _show_progress() -> None:
     """`axolotl` leaves non-core loggers at WARNING; show our stages' INFO lines."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] [%(name)s] %(message)s")
@@ -79,13 +96,13 @@ config_argument = click.argument("config", type=click.Path(exists=True, dir_okay
 @click.option("--nproc", default=1, show_default=True, help="Processes (GPUs) for data-parallel induction.")
 def induce(config: Path, nproc: int) -> None:
     """Induce the domain tokens D* from CONFIG's references (skipped when up to date)."""
-    from axolotl_domino.pipeline import Launch, lock_output_dir, model_settings, preflight, run_induction
+    from axolotl_domino.pipeline import Launch, lock_output_dir, preflight, run_induction
 
     _show_progress()
     domino_cfg, base_model, raw = _load_stage_config(config)
     preflight(domino_cfg, base_model, bool(raw.get("trust_remote_code")))
     lock_output_dir(domino_cfg.output_dir)
-    adapter = run_induction(domino_cfg, base_model, model_settings(raw), Launch(0, 0, 1, nproc))
+    adapter = run_induction(domino_cfg, base_model, _resolved_model_settings(config), Launch(0, 0, 1, nproc))
     click.echo(adapter)
 
 
@@ -113,14 +130,14 @@ def synthesize(config: Path, rank: int | None, world_size: int | None) -> None:
 @config_argument
 def report(config: Path) -> None:
     """Show what CONFIG's stages produced and (re)write the synthetic data's scorecard."""
-    from axolotl_domino.pipeline import induction_config, induction_key, induction_up_to_date, model_settings
+    from axolotl_domino.pipeline import induction_config, induction_key, induction_up_to_date
     from axolotl_domino.synthesize import adapter_dir, finished
 
-    domino_cfg, base_model, raw = _load_stage_config(config)
+    domino_cfg, base_model, _ = _load_stage_config(config)
     if domino_cfg.synthesis.adapter:
         click.echo(f"induction: skipped, D* given by domino.synthesis.adapter ({domino_cfg.synthesis.adapter})")
     else:
-        key = induction_key(domino_cfg, induction_config(domino_cfg, base_model, model_settings(raw)))
+        key = induction_key(domino_cfg, induction_config(domino_cfg, base_model, _resolved_model_settings(config)))
         state = "up to date" if induction_up_to_date(adapter_dir(domino_cfg), key) else "missing or stale"
         click.echo(f"induction: {state} ({adapter_dir(domino_cfg)})")
     result = finished(domino_cfg, base_model)

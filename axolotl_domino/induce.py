@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from peft import PeftModelForCausalLM, PromptTuningConfig, PromptTuningInit, TaskType
-from safetensors.torch import save
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
@@ -145,6 +145,15 @@ class DominoPromptModel(PeftModelForCausalLM):
             settings.likelihood == "length_normalized",
             share_prefix=share_prefix,
         )
+
+    def load_sample_tokens(self, directory: str | Path) -> None:
+        """Restore S in place from a checkpoint's sample_tokens.safetensors (the optimizer keeps its handles)."""
+        if self.domino_sample is None:
+            return
+        tensors = load_file(str(Path(directory) / SAMPLE_TOKENS_FILE))
+        with torch.no_grad():
+            for name, param in self.domino_sample.named_parameters():
+                param.copy_(tensors[name])
 
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
         """The standard PEFT adapter (D), then S and the run's metadata beside it."""

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from axolotl_domino.synthesize import SynthesisResult, default_adapter_dir, fini
 LOG = logging.getLogger("axolotl.integrations.domino.pipeline")
 
 SYNTHETIC = "domino:synthetic"  # a `datasets:` path the plugin replaces with the synthetic file
+CHECKPOINT_KEY_FILE = "checkpoints.key"  # the induction key the adapter folder's checkpoint-* belong to
 STAGE_FILE = "domino_stage.json"
 # Model-loading and precision keys of the outer YAML that the induction run inherits.
 MODEL_KEYS = ("base_model_config", "tokenizer_config", "trust_remote_code", "bf16", "fp16", "tf32", "attn_implementation")
@@ -183,8 +185,9 @@ def induction_config(domino: DominoConfig, base_model: str, settings: Mapping[st
         "learning_rate": ind.learning_rate,
         "lr_scheduler": ind.lr_scheduler,
         "optimizer": "adamw_torch",
+        "seed": ind.seed,  # Axolotl shuffles with cfg.seed (random when unset): same seed, same D*
         "logging_steps": 5,
-        "save_strategy": "no",
+        **_checkpointing(ind.save_steps),
         "output_dir": str(default_adapter_dir(domino)),
         "dataset_prepared_path": str(folder / "prepared"),
     }
@@ -193,12 +196,51 @@ def induction_config(domino: DominoConfig, base_model: str, settings: Mapping[st
     return {**config, **ind.axolotl}
 
 
+def _checkpointing(save_steps: int) -> dict[str, Any]:
+    if not save_steps:
+        return {"save_strategy": "no"}
+    return {"save_strategy": "steps", "save_steps": save_steps, "save_total_limit": 1, "auto_resume_from_checkpoints": True}
+
+
+CHECKPOINT_KEYS = ("save_strategy", "save_steps", "save_total_limit", "auto_resume_from_checkpoints")
+
+
 def induction_key(domino: DominoConfig, config: Mapping[str, Any]) -> str:
-    """Hash of the induction inputs: reference contents, the derived config (settings, base model)."""
+    """Hash of the induction inputs: reference contents, the derived config (settings, base model).
+
+    How often it checkpoints does not change D*, so it is left out.
+    """
     refs = read_references(domino.references.path, domino.references.field)
     inputs = json.loads(json.dumps(config, default=str))
     del inputs["domino"]["references"]["path"]  # the content counts, not where it lies
+    del inputs["domino"]["induction"]["save_steps"]
+    for key in CHECKPOINT_KEYS:
+        inputs.pop(key, None)
     return _digest({"references_sha256": refs.sha256, "config": inputs})
+
+
+def _usable_checkpoints(adapter: Path, key: str) -> list[Path]:
+    """Keep the checkpoints a resumed run may use: this key's, and only complete ones.
+
+    The Trainer writes trainer_state.json last, so a checkpoint killed mid-write has none (or a cut one).
+    """
+    key_file = adapter / CHECKPOINT_KEY_FILE
+    checkpoints = sorted(adapter.glob("checkpoint-*"))
+    stale = key_file.exists() and key_file.read_text().strip() != key
+    usable = []
+    for checkpoint in checkpoints:
+        try:
+            complete = not stale and bool(json.loads((checkpoint / "trainer_state.json").read_text()))
+        except (OSError, ValueError):
+            complete = False
+        if complete:
+            usable.append(checkpoint)
+        else:
+            LOG.info("domino: removing %s checkpoint %s", "stale" if stale else "incomplete", checkpoint)
+            shutil.rmtree(checkpoint)
+    adapter.mkdir(parents=True, exist_ok=True)
+    write_atomic(key_file, key.encode())
+    return usable
 
 
 def induction_up_to_date(adapter: Path, key: str) -> bool:
@@ -217,6 +259,8 @@ def run_induction(domino: DominoConfig, base_model: str, settings: Mapping[str, 
         wait_until(lambda: induction_up_to_date(adapter, key), "rank 0 to finish domain induction")
         return adapter
     (adapter / STAGE_FILE).unlink(missing_ok=True)
+    if _usable_checkpoints(adapter, key):
+        LOG.info("domino: resuming the induction from its last checkpoint in %s", adapter)
     folder = induction_dir(domino)
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / f"induce-{key}.yaml"
@@ -229,6 +273,8 @@ def run_induction(domino: DominoConfig, base_model: str, settings: Mapping[str, 
     LOG.info("domino: inducing the domain: %s", " ".join(command))
     _run_child(command, folder / f"induce-{key}.log", stage_env(launch.local_world_size))
     write_atomic(adapter / STAGE_FILE, json.dumps({"key": key, "config": config_path.name}).encode())
+    for checkpoint in adapter.glob("checkpoint-*"):  # D* is final; S and optimizer copies only cost disk now
+        shutil.rmtree(checkpoint)
     return adapter
 
 

@@ -70,6 +70,12 @@ class DominoPlugin(BasePlugin):
             from axolotl_domino.pipeline import run_pipeline
 
             run_pipeline(cfg)  # induction -> synthesis; points cfg.datasets at the synthetic file
+            if preprocess and not cfg.rl:
+                from axolotl.common.datasets import load_datasets
+
+                # Tokenise and cache the synthetic set here: Axolotl's preprocess CLI would then draw its
+                # label-check row with randrange(0, len - 1), which raises on a one-row dataset.
+                return load_datasets(cfg=cfg)
         return None
 
     def load_adapter(self, model, cfg, inference: bool = False, config_only: bool = False):

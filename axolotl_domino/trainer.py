@@ -7,10 +7,12 @@ subclass only feeds the batch's reference indices (and sampled negatives) to the
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 from axolotl.core.trainers.base import AxolotlTrainer
+from safetensors.torch import load_file, save_file
 
 from axolotl_domino.references import INDEX_FIELD
 
@@ -75,6 +77,24 @@ class DominoInductionTrainer(AxolotlTrainer):
         device = inputs["input_ids"].device
         negatives = torch.arange(len(anchors), len(anchors) + len(drawn)).view(len(anchors), k)
         return {**inputs, "input_ids": ids.to(device), "attention_mask": mask.to(device), "negatives": negatives.to(device)}
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        """The Trainer restores D (the PEFT adapter) and the optimizer; S lies beside the adapter."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self.accelerator.unwrap_model(model if model is not None else self.model).load_sample_tokens(resume_from_checkpoint)
+
+    def _negative_rng_file(self, checkpoint: str) -> str:
+        return os.path.join(checkpoint, f"domino_negatives_rng_{self.args.process_index}.safetensors")
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """Also save the sampled negatives' generator, so a resumed run draws what the uninterrupted one would."""
+        super()._save_rng_state(output_dir)
+        save_file({"state": self._negative_rng.get_state()}, self._negative_rng_file(output_dir))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is not None and os.path.isfile(self._negative_rng_file(checkpoint)):
+            self._negative_rng.set_state(load_file(self._negative_rng_file(checkpoint))["state"])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self._num_sampled_negatives:

@@ -71,6 +71,10 @@ def test_pipeline_end_to_end_then_skips_then_reruns_on_a_changed_reference(smoll
     sft = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
     assert sum(float(t.abs().sum()) for name, t in sft.items() if "lora_B" in name) > 0  # SFT stepped
 
+    # `report` resolves the YAML as `axolotl train` does, so it sees the finished stages as current.
+    report = run_axolotl("domino", "report", str(config_path)).stdout
+    assert "induction: up to date" in report and f"-> {dataset}" in report
+
     # Nothing changed: both stages are skipped (`preprocess` runs the stages without SFT).
     log = _output(run_axolotl("preprocess", str(config_path)))
     assert "domino: induction up to date" in log and "domino: synthesis up to date" in log
@@ -80,10 +84,15 @@ def test_pipeline_end_to_end_then_skips_then_reruns_on_a_changed_reference(smoll
     lines = references.read_text().splitlines()
     lines[3] = json.dumps({"text": "Write a function to count the vowels in a string."})
     references.write_text("\n".join(lines) + "\n")
+    # One sample: Axolotl's own preprocess label check crashes on a one-row dataset (randrange(0, 0)).
+    config["domino"]["synthesis"]["num_samples"] = 1
+    write_yaml(config_path, config)
     log = _output(run_axolotl("preprocess", str(config_path)))
     assert "domino: inducing the domain" in log and "domino: synthesis up to date" not in log
     datasets = sorted((domino_dir / "synthesis").glob("*/synthetic-*.jsonl"))
     assert len(datasets) == 2
+    assert sorted(len(path.read_bytes().splitlines()) for path in datasets)[0] == 1
+    assert list((tmp_path / "prepared").glob("*/data-*.arrow"))  # the one row was tokenised and cached
 
 
 def test_pipeline_with_two_torchrun_ranks(smollm2, tmp_path):

@@ -15,6 +15,7 @@ from axolotl_domino.pipeline import (
     LOCK_HELD_ENV,
     SYNTHETIC,
     StageError,
+    _usable_checkpoints,
     induction_config,
     induction_key,
     lock_output_dir,
@@ -94,8 +95,30 @@ def test_induction_key_follows_content_and_settings_not_the_path(tmp_path):
     assert induction_key(domino, induction_config(domino, "other-model", {})) != key
     changed = _domino(tmp_path, learning_rate=0.5)
     assert induction_key(changed, induction_config(changed, "model", {})) != key
+    no_checkpoints = _domino(tmp_path, save_steps=0)  # how often it checkpoints does not change D*
+    assert induction_key(no_checkpoints, induction_config(no_checkpoints, "model", {})) == key
     (tmp_path / "refs.jsonl").write_text('{"text": "write a function"}\n{"text": "find the product"}\n')
     assert induction_key(domino, induction_config(domino, "model", {})) != key
+
+
+def _checkpoint(adapter: Path, step: int, state: str | None) -> Path:
+    folder = adapter / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(b"x")
+    if state is not None:
+        (folder / "trainer_state.json").write_text(state)
+    return folder
+
+
+def test_resume_uses_only_complete_checkpoints_of_the_same_inputs(tmp_path):
+    adapter = tmp_path / "adapter"
+    complete = _checkpoint(adapter, 4, '{"global_step": 4}')
+    _checkpoint(adapter, 6, None)  # killed before the Trainer wrote its state
+    _checkpoint(adapter, 8, '{"global_st')  # killed while writing it
+    assert _usable_checkpoints(adapter, "key-a") == [complete]
+    assert sorted(p.name for p in adapter.glob("checkpoint-*")) == ["checkpoint-4"]
+    assert _usable_checkpoints(adapter, "key-a") == [complete]  # same inputs: kept
+    assert _usable_checkpoints(adapter, "key-b") == [] and not list(adapter.glob("checkpoint-*"))  # inputs changed
 
 
 def test_induction_config_is_an_axolotl_domino_prompt_run(tmp_path):

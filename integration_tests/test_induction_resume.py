@@ -1,0 +1,91 @@
+"""`kill -9` in the middle of the induction stage, then the same command again: it resumes from the
+last complete checkpoint (D, S, optimizer, RNG) and ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from _axolotl import REPO, axolotl_env, run_axolotl, write_yaml
+
+TOTAL_STEPS = 24
+
+
+def _config(smollm2: Path, tmp_path: Path, name: str, references: Path) -> Path:
+    config = {  # a full Axolotl YAML (the SFT keys unused here): `domino induce` resolves it like `train`
+        "base_model": str(smollm2),
+        "micro_batch_size": 2,
+        "num_epochs": 1,
+        "learning_rate": 1e-4,
+        "output_dir": str(tmp_path / f"{name}-sft"),
+        "plugins": ["axolotl_domino.DominoPlugin"],
+        "domino": {
+            "references": {"path": str(references)},
+            "output_dir": str(tmp_path / name),
+            "induction": {
+                "num_domain_tokens": 4, "num_sample_tokens": 4, "micro_batch_size": 2, "num_epochs": 6,
+                "learning_rate": 0.01, "negatives": "sampled", "num_negatives": 2, "save_steps": 3,
+            },
+        },
+    }
+    return write_yaml(tmp_path / f"{name}.yaml", config)
+
+
+def _adapter(tmp_path: Path, name: str) -> Path:
+    return tmp_path / name / "induction" / "adapter"
+
+
+def _complete_checkpoint(adapter: Path) -> Path | None:
+    for checkpoint in adapter.glob("checkpoint-*"):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if int(checkpoint.name.split("-")[1]) < TOTAL_STEPS:
+            return checkpoint
+    return None
+
+
+def test_killed_induction_resumes_to_the_uninterrupted_result(smollm2, tmp_path):
+    references = tmp_path / "refs.jsonl"
+    lines = (REPO / "data" / "mbpp" / "references_train100.jsonl").read_text().splitlines()[:8]
+    references.write_text("\n".join(lines) + "\n")
+
+    run_axolotl("domino", "induce", str(_config(smollm2, tmp_path, "whole", references)))
+
+    config = _config(smollm2, tmp_path, "killed", references)
+    adapter = _adapter(tmp_path, "killed")
+    proc = subprocess.Popen(
+        ["axolotl", "domino", "induce", str(config)], cwd=REPO, env=axolotl_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    while _complete_checkpoint(adapter) is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Somewhere after the first checkpoint: maybe mid-step, maybe in the middle of writing the next one.
+    time.sleep(random.Random(os.getpid()).uniform(0, 1.0))
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the induction finished before it could be killed"
+    assert not (adapter / "domino_stage.json").exists()
+
+    log = run_axolotl("domino", "induce", str(config))
+    output = log.stdout + log.stderr
+    assert "domino: resuming the induction from its last checkpoint" in output
+    assert (adapter / "domino_stage.json").exists() and not list(adapter.glob("checkpoint-*"))
+
+    whole = _adapter(tmp_path, "whole")
+    for name in ("adapter_model.safetensors", "sample_tokens.safetensors"):
+        resumed, expected = load_file(str(adapter / name)), load_file(str(whole / name))
+        for key in expected:
+            torch.testing.assert_close(resumed[key], expected[key], rtol=1e-4, atol=1e-5)
+    # The same key: nothing to redo.
+    again = run_axolotl("domino", "induce", str(config))
+    assert "domino: induction up to date" in again.stdout + again.stderr
