@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -136,17 +137,21 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_dataset(tiny_model_dir, adapt
     )
     config = _config(tmp_path / "b", adapter, synthesis=settings)
     samples = Path(config["output_dir"]) / "synthesis"
-    proc = _run(config, tiny_model_dir)
-    deadline = time.monotonic() + 120
-    while len(list(samples.glob("*/samples/samples-*.jsonl"))) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    written = sorted(samples.glob("*/samples/samples-*.jsonl"))
-    assert 3 <= len(written) < 24, "the kill should land mid-run"
-    assert not list(samples.glob("*/" + MANIFEST_FILE))
-    for shard in written:  # whatever sits under a final name is complete
-        assert len(read_jsonl(shard)) == 2
+    seed = os.getpid()
+    rng = random.Random(seed)
+    for low, high in ((1, 8), (9, 16)):  # two kills, each after a random shard count and a random delay
+        proc = _run(config, tiny_model_dir)
+        target, deadline = rng.randint(low, high), time.monotonic() + 120
+        while len(list(samples.glob("*/samples/samples-*.jsonl"))) < target and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0, 0.2))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        written = sorted(samples.glob("*/samples/samples-*.jsonl"))
+        assert target <= len(written) < 24, f"the kill should land mid-run (seed {seed})"
+        assert not list(samples.glob("*/" + MANIFEST_FILE))
+        for shard in written:  # whatever sits under a final name is complete
+            assert len(read_jsonl(shard)) == 2, f"seed {seed}"
 
     resumed = synthesize(DominoConfig.model_validate(config), str(tiny_model_dir), rank=0, world_size=1)
     indices = [row["index"] for shard in sorted(samples.glob("*/samples/samples-*.jsonl")) for row in read_jsonl(shard)]
