@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 from safetensors.torch import load_file, save_file
+from transformers import Trainer
 
 from axolotl_domino.references import INDEX_FIELD
 
@@ -40,7 +41,18 @@ def pad_right(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, t
     return ids, mask
 
 
-class DominoInductionTrainer(AxolotlTrainer):
+class _NoLossPerplexity(Trainer):
+    """Sits between AxolotlTrainer and Trainer in the MRO: drops the `ppl` Axolotl derives from `loss`.
+
+    Here loss = L1 + lambda * L2, so exp(loss) is no perplexity; `domino/l1` is the reference likelihood.
+    """
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        logs.pop("ppl", None)
+        super().log(logs, start_time)
+
+
+class DominoInductionTrainer(AxolotlTrainer, _NoLossPerplexity):
     """Trains D (and S) with the DOMINO loss through Axolotl's training loop."""
 
     def __init__(self, *args: Any, **kwargs: Any):
