@@ -58,7 +58,7 @@ class SampleTokens(nn.Module):
         return {name: param.detach().float().cpu().contiguous() for name, param in self.named_parameters()}
 
 
-def _embedding_scale(model: PreTrainedModel) -> float:
+def embedding_scale(model: PreTrainedModel) -> float:
     """Mean L2 norm of a token embedding, divided by sqrt(hidden): the per-entry std of real inputs."""
     weight = model.get_input_embeddings().weight.detach().float()
     return (weight.norm(dim=1).mean() / weight.shape[1] ** 0.5).item()
@@ -73,7 +73,7 @@ def initial_domain_tokens(model: PreTrainedModel, tokenizer: Any, settings: Indu
         ids = (ids * (k // len(ids) + 1))[:k]
         return embeddings[torch.tensor(ids)].clone()
     gen = torch.Generator().manual_seed(settings.seed)
-    return torch.randn(k, embeddings.shape[1], generator=gen) * _embedding_scale(model)
+    return torch.randn(k, embeddings.shape[1], generator=gen) * embedding_scale(model)
 
 
 class DominoPromptModel(PeftModelForCausalLM):
@@ -108,7 +108,7 @@ class DominoPromptModel(PeftModelForCausalLM):
                 settings.num_sample_tokens,
                 model.config.get_text_config().hidden_size,
                 settings.sample_token_rank,
-                _embedding_scale(model),
+                embedding_scale(model),
                 settings.seed,
             ).to(model.device)
         )

@@ -202,9 +202,6 @@ def _checkpointing(save_steps: int) -> dict[str, Any]:
     return {"save_strategy": "steps", "save_steps": save_steps, "save_total_limit": 1, "auto_resume_from_checkpoints": True}
 
 
-CHECKPOINT_KEYS = ("save_strategy", "save_steps", "save_total_limit", "auto_resume_from_checkpoints")
-
-
 def induction_key(domino: DominoConfig, config: Mapping[str, Any]) -> str:
     """Hash of the induction inputs: reference contents, the derived config (settings, base model).
 
@@ -214,7 +211,7 @@ def induction_key(domino: DominoConfig, config: Mapping[str, Any]) -> str:
     inputs = json.loads(json.dumps(config, default=str))
     del inputs["domino"]["references"]["path"]  # the content counts, not where it lies
     del inputs["domino"]["induction"]["save_steps"]
-    for key in CHECKPOINT_KEYS:
+    for key in _checkpointing(save_steps=1):  # every key checkpointing can set
         inputs.pop(key, None)
     return _digest({"references_sha256": refs.sha256, "config": inputs})
 

@@ -22,6 +22,7 @@ import json
 import resource
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -67,6 +68,23 @@ def step(model: PreTrainedModel, domain: Tensor, sample: Tensor, ids: Tensor, ma
     return time.perf_counter() - start, out.loss.item()
 
 
+def alternate(model: PreTrainedModel, domain: Tensor, sample: Tensor, ids: Tensor, mask: Tensor,
+              negatives: Tensor | None, repeats: int,
+              report: Callable[[int, str, float, float], None] | None = None) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """`repeats` timed steps of each variant after one warm-up step each; the order flips every
+    repetition so a change in machine load hits both. Returns (seconds per variant, last loss per variant)."""
+    times: dict[str, list[float]] = {"naive": [], "shared": []}
+    losses: dict[str, float] = {}
+    for rep in range(repeats + 1):  # repetition 0 is the warm-up
+        for name in ("naive", "shared") if rep % 2 == 0 else ("shared", "naive"):
+            seconds, losses[name] = step(model, domain, sample, ids, mask, negatives, share=(name == "shared"))
+            if rep:
+                times[name].append(seconds)
+            if report is not None:
+                report(rep, name, seconds, losses[name])
+    return times, losses
+
+
 def summary(times: list[float]) -> str:
     q1, med, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else times * 3
     return f"median {med:.3f} s  IQR {q3 - q1:.3f} s  (min {min(times):.3f}, max {max(times):.3f})"
@@ -98,15 +116,10 @@ def main() -> None:
     print(f"k={k} l={l} B={B} negatives={args.negatives} ({pairs} pairs) references: {mask.sum(1).tolist()} tokens "
           f"(padded to {T}), length-normalised; threads={torch.get_num_threads()} repeats={args.repeats} (+1 warm-up)")
 
-    times: dict[str, list[float]] = {"naive": [], "shared": []}
-    losses: dict[str, float] = {}
-    for rep in range(args.repeats + 1):  # repetition 0 is the warm-up
-        order = ("naive", "shared") if rep % 2 == 0 else ("shared", "naive")
-        for name in order:
-            seconds, losses[name] = step(model, domain, sample, ids, mask, negatives, share=(name == "shared"))
-            if rep:
-                times[name].append(seconds)
-            print(f"  {'warm-up' if rep == 0 else f'rep {rep}'} {name:6s} {seconds:7.3f} s  loss {losses[name]:.6f}")
+    def report(rep: int, name: str, seconds: float, loss: float) -> None:
+        print(f"  {'warm-up' if rep == 0 else f'rep {rep}'} {name:6s} {seconds:7.3f} s  loss {loss:.6f}")
+
+    times, losses = alternate(model, domain, sample, ids, mask, negatives, args.repeats, report)
 
     print(f"loss |naive - shared| = {abs(losses['naive'] - losses['shared']):.2e}")
     for name in ("naive", "shared"):

@@ -49,7 +49,8 @@ induced conditions the YAML, the CLI logs and the stages' outputs under domino/)
 Run from the repository root: `.venv/bin/python bench/quality_repro.py --out outputs/quality`.
 `--quick` is a tiny configuration (1 seed, 8 samples, 8 references, 1 epoch, lambda 1.0) to check
 that the script works; numbers from it mean nothing. It took 10 min on the 2-core machine while other
-jobs kept the load average at 2.5-3.7; the default configuration has not been timed yet.
+jobs kept the load average at 2.5-3.7. With `--seeds 0 1 2` and the other defaults it took 28.8 min on
+the quiet machine (docs/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ from axolotl_domino.models import prepare_model
 from axolotl_domino.references import chat_turn_header, sample_text
 from axolotl_domino.score import run_scorecard
 from axolotl_domino.shards import read_jsonl
+from axolotl_domino.trainer import pad_right
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "smollm2-135m-instruct"
@@ -295,17 +297,9 @@ def user_turns(tokenizer, texts: list[str]) -> list[tuple[list[int], list[int]]]
 
 
 def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in rows)
-    batch = {
-        "input_ids": torch.full((len(rows), width), pad_id),
-        "attention_mask": torch.zeros(len(rows), width, dtype=torch.long),
-        "labels": torch.full((len(rows), width), -100),
-    }
-    for i, (ids, labels) in enumerate(rows):
-        batch["input_ids"][i, : len(ids)] = torch.tensor(ids)
-        batch["attention_mask"][i, : len(ids)] = 1
-        batch["labels"][i, : len(ids)] = torch.tensor(labels)
-    return batch
+    ids, mask = pad_right([ids for ids, _ in rows], pad_id)
+    labels, _ = pad_right([labels for _, labels in rows], -100)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 @torch.no_grad()

@@ -31,7 +31,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from axolotl_domino.args import SynthesisConfig  # noqa: E402
 from axolotl_domino.generate import PrefixSampler  # noqa: E402
-from induction_step import load_batch, step  # noqa: E402  (bench/ is on sys.path when run as a script)
+from induction_step import alternate, load_batch  # noqa: E402
+from synthesis_throughput import random_domain  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def parse_args() -> argparse.Namespace:
@@ -60,12 +61,7 @@ def induction_point(model, ids_all, mask_all, B: int, k: int, l: int, repeats: i
     ids, mask = ids[:, :keep], mask[:, :keep]
     domain = torch.randn(k, hidden).requires_grad_()
     sample = torch.randn(B, l, hidden).requires_grad_()
-    times: dict[str, list[float]] = {"naive": [], "shared": []}
-    for rep in range(repeats + 1):  # repetition 0 is the warm-up
-        for name in ("naive", "shared") if rep % 2 == 0 else ("shared", "naive"):
-            seconds, _ = step(model, domain, sample, ids, mask, None, share=(name == "shared"))
-            if rep:
-                times[name].append(seconds)
+    times, _ = alternate(model, domain, sample, ids, mask, None, repeats)
     naive, shared = statistics.median(times["naive"]), statistics.median(times["shared"])
     return {"B": B, "k": k, "l": l, "naive_s": round(naive, 4), "shared_s": round(shared, 4),
             "speedup": round(naive / shared, 3)}
@@ -125,9 +121,7 @@ def main() -> None:
     for kl in args.kls:
         result["induction_vs_kl"].append(induction_point(model, ids, mask, args.batch_fixed, kl, kl, args.repeats))
         print("induction", result["induction_vs_kl"][-1], flush=True)
-    embeddings = model.get_input_embeddings().weight.detach()
-    scale = embeddings.norm(dim=1).mean() / embeddings.shape[1] ** 0.5
-    domain = torch.randn(args.k_synthesis, embeddings.shape[1], generator=torch.Generator().manual_seed(0)) * scale
+    domain = random_domain(model, args.k_synthesis, seed=0)
     for batch in args.sample_batches:
         point = synthesis_point(model, tokenizer, domain, batch, args.samples_per_point, args.max_new_tokens)
         result["synthesis_vs_batch"].append(point)

@@ -42,6 +42,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from axolotl_domino.args import SynthesisConfig
 from axolotl_domino.generate import PrefixSampler, Sample, stop_token_ids
+from axolotl_domino.induce import embedding_scale
 
 
 def parse_args() -> argparse.Namespace:
@@ -64,15 +65,19 @@ def parse_args() -> argparse.Namespace:
 
 def domain_tokens(model: PreTrainedModel, args: argparse.Namespace) -> tuple[torch.Tensor, str]:
     """D* from --adapter, or random normal noise scaled like the model's token embeddings."""
-    embeddings = model.get_input_embeddings().weight.detach().float()
     if args.adapter:
+        hidden = model.get_input_embeddings().weight.shape[1]
         domain = load_file(str(Path(args.adapter) / "adapter_model.safetensors"))["prompt_embeddings"].float()
-        if domain.shape[1] != embeddings.shape[1]:
-            raise SystemExit(f"{args.adapter}: D* has hidden size {domain.shape[1]}, the model {embeddings.shape[1]}")
+        if domain.shape[1] != hidden:
+            raise SystemExit(f"{args.adapter}: D* has hidden size {domain.shape[1]}, the model {hidden}")
         return domain, f"D* from {args.adapter}"
-    generator = torch.Generator().manual_seed(args.seed)
-    scale = embeddings.norm(dim=1).mean() / embeddings.shape[1] ** 0.5  # per-entry std of real inputs
-    return torch.randn(args.k, embeddings.shape[1], generator=generator) * scale, "random D (scaled like token embeddings)"
+    return random_domain(model, args.k, args.seed), "random D (scaled like token embeddings)"
+
+
+def random_domain(model: PreTrainedModel, k: int, seed: int) -> torch.Tensor:
+    """k random vectors with the per-entry spread of the model's real token embeddings (as induce.py initialises D)."""
+    hidden = model.get_input_embeddings().weight.shape[1]
+    return torch.randn(k, hidden, generator=torch.Generator().manual_seed(seed)) * embedding_scale(model)
 
 
 def generated_length(ids: list[int], eos: set[int]) -> tuple[int, bool]:
