@@ -1,11 +1,11 @@
-"""DOMINO's quality claim on MBPP problem statements, sized for about 30-40 minutes on a quiet 2-core CPU.
+"""DOMINO's quality claim on MBPP problem statements (and solutions), sized for a 2-core CPU.
 
 The claim (docs/METHOD.md): samples drawn from domain tokens D* trained with the contrastive term
 (L = L1 + lambda * L2) are more diverse than those of plain prompt tuning (L1 only), which memorises
 the references, while staying in the domain, and fine-tuning on them helps. This script measures the
-first part with the package's scorecard and the second with a proxy (below). Conditions, all on
-SmolLM2-135M-Instruct with the same number N of synthetic problem statements and the same sampling
-(temperature 1.0, top_p 0.95, max_new_tokens 64, stop at EOS, unfinished samples kept):
+first part with the package's scorecard and the second with downstream fine-tunes (below). Conditions,
+all on one embedded model (`--model`, default SmolLM2-135M-Instruct) with the same number N of synthetic
+problem statements and the same sampling (temperature 1.0, top_p 0.95, max_new_tokens 64, stop at EOS, unfinished samples kept):
 
 - `domino_lambda{X}`: `axolotl domino induce` then `axolotl domino synthesize` on a YAML written into
   the run's folder: k = l = 8, references = the first R MBPP train statements
@@ -15,7 +15,7 @@ SmolLM2-135M-Instruct with the same number N of synthetic problem statements and
 - `few_shot`: no training. MAGPIE-style few-shot: a user turn of the chat template listing 5 of the
   references (chosen by the seed) and asking for one new task like them, then the assistant header;
   the prefix is the model's input embeddings of those tokens, sampled with the same `PrefixSampler`;
-- `references`: the R references themselves (no synthesis).
+- `references`: the R references themselves (no synthesis; run once, it does not depend on the seed).
 
 The seed sets `domino.induction.seed`, `domino.synthesis.seed` and the few-shot examples.
 
@@ -37,12 +37,24 @@ Measurements per (condition, seed):
   The fine-tune runs in this process with torch + PEFT, not Axolotl: a dozen fine-tunes of 16 steps
   would spend most of their time in Axolotl's start-up and preprocessing.
 
-Pass@1 on MBPP is left out on purpose: the 135M model solves almost no MBPP problem, so it would not
-tell the conditions apart. Held-out perplexity asks a weaker question: do the synthetic statements
-teach the model the domain's distribution of problem statements (lower = better)?
+`--solutions` asks the downstream question on problems *and* solutions, with execution. The base model
+answers every text of a condition's set (the package's `Responder`: greedy, at most `--response-tokens`
+new tokens, under a system turn asking for one ```python block); the LoRA fine-tune then trains on
+system turn + statement + answer (loss on the statement and the answer). After it:
+- held-out statement perplexity as above, but after the same system turn;
+- held-out solution perplexity: the gold MBPP code of the same test problems, fenced the way the system
+  turn asks, as the assistant turn after the statement (loss on the code only);
+- greedy Pass@1 on the first `--num-pass` MBPP test problems (task_ids 11..), MBPP's usual prompt (the
+  statement, then "Your code should pass these tests:" and the asserts); the first python block of the
+  answer runs with the problem's setup code and asserts in the package's sandbox (the execution filter);
+  an answer without a code block fails. Each run keeps its answers and verdicts in pass_at_1.jsonl.
+The responses come from the base model itself, so every condition's fine-tune is self-distillation: the
+conditions differ only in the problem statements the model is taught to answer. On SmolLM2-135M Pass@1 is
+near zero; `--model qwen2.5-coder-0.5b-instruct` (`make model-qwen`) is a model that solves some MBPP.
 
 Outputs under --out: results.json (one row per condition and seed: key metrics, induction and SFT
-losses, timings), <condition>-seed<s>/ (synthetic.jsonl, scorecard.json/.md and plots; for the
+losses, timings), base/ and <condition>-seed<s>/ (synthetic.jsonl, scorecard.json/.md and plots; with
+--solutions pairs.jsonl and pass_at_1.jsonl; for the
 induced conditions the YAML, the CLI logs and the stages' outputs under domino/), summary.md (mean
 +- std over seeds). The last line printed is `RESULT {json}` with the per-condition means.
 
@@ -72,17 +84,24 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from axolotl_domino.args import ScoreConfig, SynthesisConfig
+from axolotl_domino.args import (
+    ExecutionFilterConfig,
+    ResponsesConfig,
+    ScoreConfig,
+    SynthesisConfig,
+)
 from axolotl_domino.embed import Embedder, load_embedder
+from axolotl_domino.filters import execution_reasons
 from axolotl_domino.generate import PrefixSampler
-from axolotl_domino.models import prepare_model
+from axolotl_domino.models import EMBEDDED_MODELS, prepare_model
 from axolotl_domino.references import chat_turn_header, sample_text
+from axolotl_domino.respond import Responder
 from axolotl_domino.score import run_scorecard
 from axolotl_domino.shards import read_jsonl
 from axolotl_domino.trainer import pad_right
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_NAME = "smollm2-135m-instruct"
+DEFAULT_MODEL = "smollm2-135m-instruct"
 MBPP = REPO / "data" / "mbpp" / "mbpp.jsonl"
 TRAIN_REFERENCES = REPO / "data" / "mbpp" / "references_train100.jsonl"
 TEST_TASK_IDS = (11, 510)  # MBPP's standard test split
@@ -92,7 +111,15 @@ INDUCTION = {"num_domain_tokens": 8, "micro_batch_size": 4, "negatives": "in_bat
 NUM_SAMPLE_TOKENS = 8
 REFERENCE_MAX_TOKENS = 96
 FEW_SHOT_EXAMPLES = 5
-SFT_SEED, SFT_BATCH, SFT_MAX_TOKENS = 0, 4, 128
+SFT_SEED, SFT_BATCH, SFT_MAX_TOKENS = 0, 4, 128  # SFT_MAX_TOKENS: per turn (statements); responses get theirs
+# --solutions: every problem statement is answered by the base model under this system turn, greedily; the
+# same system turn frames the SFT rows, the held-out perplexities and the Pass@1 prompts.
+CODE_SYSTEM = (
+    "You are an expert Python programmer. Answer with one ```python code block that defines the requested "
+    "function, and nothing else."
+)
+PASS_PROMPT = "{text}\nYour code should pass these tests:\n{tests}"  # MBPP's usual prompt, tests shown
+RESPONSE_BATCH = 16
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 FULL = {"seeds": [0, 1], "num_samples": 64, "num_references": 32, "lambdas": [0.1, 1.0], "epochs": 4.0, "num_eval": 100}
@@ -110,6 +137,8 @@ COLUMNS = [
     ("frechet", "Fréchet ↓", 3),
     ("classifier_auc", "AUC (0.5 best)", 3),
     ("heldout_ppl", "held-out ppl ↓", 2),
+    ("solution_ppl", "solution ppl ↓", 2),
+    ("pass_at_1", "Pass@1 ↑", 3),
 ]
 TRAINING_COLUMNS = [
     ("induction_l1_first", "induction L1 first", 3),
@@ -118,6 +147,7 @@ TRAINING_COLUMNS = [
     ("induction_accuracy_last", "contrastive acc. last", 2),
     ("sft_loss_first", "SFT loss first", 3),
     ("sft_loss_last", "SFT loss last", 3),
+    ("responses_unfinished", "answers unfinished", 2),
 ]
 
 
@@ -133,6 +163,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--num-eval", type=int, help=f"MBPP test statements for perplexity (default {FULL['num_eval']})")
     p.add_argument("--induction-lr", type=float, default=0.02, help="lr of D and S (quickstart: 0.02)")
     p.add_argument("--sft-lr", type=float, default=1e-3, help="LoRA lr of the downstream fine-tune")
+    p.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(EMBEDDED_MODELS),
+                   help="embedded model (qwen2.5-coder-0.5b-instruct needs `make model-qwen` first)")
+    p.add_argument("--solutions", action="store_true",
+                   help="answer every statement with the base model and fine-tune on the pairs; adds solution "
+                        "perplexity and execution Pass@1")
+    p.add_argument("--num-pass", type=int, default=50, help="MBPP test problems for Pass@1 (--solutions)")
+    p.add_argument("--response-tokens", type=int, default=256, help="max new tokens of every answer (--solutions)")
     args = p.parse_args()
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
@@ -144,11 +181,15 @@ def parse_args() -> argparse.Namespace:
 # --- data ------------------------------------------------------------------------------------
 
 
-def mbpp_test_statements() -> list[str]:
-    """Problem statements of MBPP's test split, in task_id order."""
+def mbpp_test_problems() -> list[dict[str, Any]]:
+    """MBPP's test split (text, code, tests), in task_id order."""
     rows = [json.loads(line) for line in MBPP.read_text().splitlines() if line.strip()]
-    rows = sorted((r for r in rows if TEST_TASK_IDS[0] <= r["task_id"] <= TEST_TASK_IDS[1]), key=lambda r: r["task_id"])
-    return [r["text"] for r in rows]
+    return sorted((r for r in rows if TEST_TASK_IDS[0] <= r["task_id"] <= TEST_TASK_IDS[1]), key=lambda r: r["task_id"])
+
+
+def fenced(code: str) -> str:
+    """A gold MBPP solution in the shape the system turn asks for (MBPP's code has Windows line ends)."""
+    return "```python\n" + code.replace("\r\n", "\n").strip() + "\n```"
 
 
 def write_texts(path: Path, texts: list[str]) -> Path:
@@ -286,14 +327,34 @@ def few_shot_samples(model, tokenizer, references: list[str], seed: int, num_sam
 # --- downstream: LoRA fine-tune, held-out perplexity -------------------------------------------
 
 
-def user_turns(tokenizer, texts: list[str]) -> list[tuple[list[int], list[int]]]:
-    """(input ids, labels) of each text as one user turn; only the text and the closing EOS are targets."""
-    header = tokenizer(chat_turn_header(tokenizer, "user"), add_special_tokens=False)["input_ids"]
+def chat_rows(tokenizer, conversations: list[list[tuple[str, str]]], targets: set[str]) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) of each conversation in ChatML turns; the content and closing EOS of the turns whose
+    role is in `targets` are the labels, everything else (headers, other turns, newlines) is context."""
+    eos, newline = tokenizer.eos_token_id, tokenizer("\n", add_special_tokens=False)["input_ids"]
+    headers = {role: tokenizer(chat_turn_header(tokenizer, role), add_special_tokens=False)["input_ids"]
+               for role in {role for turns in conversations for role, _ in turns}}
     rows = []
-    for text in texts:
-        body = tokenizer(text, add_special_tokens=False)["input_ids"][:SFT_MAX_TOKENS] + [tokenizer.eos_token_id]
-        rows.append((header + body, [-100] * len(header) + body))
+    for turns in conversations:
+        ids, labels = [], []
+        for i, (role, text) in enumerate(turns):
+            cap = SFT_MAX_TOKENS if role != "assistant" else 2 * SFT_MAX_TOKENS
+            body = tokenizer(text, add_special_tokens=False)["input_ids"][:cap] + [eos]
+            gap = newline if i < len(turns) - 1 else []
+            ids += headers[role] + body + gap
+            labels += [-100] * len(headers[role]) + (body if role in targets else [-100] * len(body)) + [-100] * len(gap)
+        rows.append((ids, labels))
     return rows
+
+
+def user_turns(tokenizer, texts: list[str]) -> list[tuple[list[int], list[int]]]:
+    """Each text as one user turn, the text and its closing EOS as targets (statement-only mode)."""
+    return chat_rows(tokenizer, [[("user", text)] for text in texts], {"user"})
+
+
+def problem_turns(statements: list[str], solutions: list[str] | None = None) -> list[list[tuple[str, str]]]:
+    """--solutions conversations: the code system turn, the statement, and the solution when given."""
+    return [[("system", CODE_SYSTEM), ("user", statement)] + ([("assistant", solutions[i])] if solutions else [])
+            for i, statement in enumerate(statements)]
 
 
 def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -303,8 +364,9 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, t
 
 
 @torch.no_grad()
-def heldout_nll(model, rows: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 16) -> dict[str, float]:
-    """Token-level mean NLL (nats) and perplexity over all target tokens of `rows`."""
+def heldout_nll(model, rows: list[tuple[list[int], list[int]]], pad_id: int, name: str = "heldout",
+                batch_size: int = 16) -> dict[str, float]:
+    """Token-level mean NLL (nats) and perplexity over all target tokens of `rows`, keys prefixed by `name`."""
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
         batch = collate(rows[start : start + batch_size], pad_id)
@@ -312,7 +374,42 @@ def heldout_nll(model, rows: list[tuple[list[int], list[int]]], pad_id: int, bat
         targets = batch["labels"][:, 1:]
         total += torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="sum").item()
         count += int((targets != -100).sum())
-    return {"heldout_nll": total / count, "heldout_ppl": math.exp(total / count), "heldout_tokens": count}
+    return {f"{name}_nll": total / count, f"{name}_ppl": math.exp(total / count), f"{name}_tokens": count}
+
+
+def answer_all(model, tokenizer, instructions: list[str], max_new_tokens: int, desc: str) -> list[tuple[str, bool]]:
+    """(answer, finished) per instruction from the package's Responder: greedy, under the code system turn."""
+    settings = ResponsesConfig(enabled=True, system_prompt=CODE_SYSTEM, max_new_tokens=max_new_tokens,
+                               batch_size=RESPONSE_BATCH)
+    responder, answers = Responder(model, tokenizer, settings), []
+    for start in tqdm(range(0, len(instructions), RESPONSE_BATCH), desc=desc, unit="batch", leave=False):
+        answers += responder.answer(instructions[start : start + RESPONSE_BATCH], seed=0)
+    return answers
+
+
+def pass_at_1(model, tokenizer, problems: list[dict[str, Any]], max_new_tokens: int, run: Path) -> dict[str, Any]:
+    """Greedy Pass@1: the first ```python block of each answer, run with the problem's asserts in the sandbox
+    (the package's execution filter); an answer without a code block fails. Answers go to pass_at_1.jsonl."""
+    prompts = [PASS_PROMPT.format(text=p["text"], tests="\n".join(p["test_list"])) for p in problems]
+    answers = answer_all(model, tokenizer, prompts, max_new_tokens, "Pass@1 answers")
+    rows = [{"response": answer, "tests": [p["test_setup_code"]] * bool(p["test_setup_code"]) + p["test_list"]}
+            for (answer, _), p in zip(answers, problems)]
+    reasons = execution_reasons(rows, ExecutionFilterConfig(enabled=True, tests_field="tests"))
+    with (run / "pass_at_1.jsonl").open("w") as f:
+        for p, (answer, finished), reason in zip(problems, answers, reasons):
+            f.write(json.dumps({"task_id": p["task_id"], "answer": answer, "finished": finished,
+                                "result": reason or "passed"}) + "\n")
+    counts = {reason or "passed": reasons.count(reason) for reason in dict.fromkeys(reasons)}
+    return {"pass_at_1": counts.get("passed", 0) / len(problems), "pass_results": counts}
+
+
+def downstream(model, ctx: dict[str, Any], args: argparse.Namespace, run: Path) -> dict[str, Any]:
+    """Held-out statement perplexity; with --solutions also solution perplexity and Pass@1."""
+    out = heldout_nll(model, ctx["eval_rows"], ctx["pad_id"])
+    if args.solutions:
+        out |= heldout_nll(model, ctx["solution_rows"], ctx["pad_id"], "solution")
+        out |= pass_at_1(model, ctx["tokenizer"], ctx["pass_problems"], args.response_tokens, run)
+    return out
 
 
 def load_base(model_dir: Path):
@@ -371,27 +468,41 @@ def key_metrics(card: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate(run: Path, texts: list[str], ctx: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Scorecard of `texts`, then the LoRA fine-tune on them (cycled to N rows) and held-out perplexity."""
+    """Scorecard of `texts`, then (with --solutions, after the base model answers them) the LoRA fine-tune on
+    them cycled to N rows, then the downstream measurements."""
     if not texts:
         sys.exit(f"{run.name}: no non-empty sample to score or fine-tune on")
     write_texts(run / "synthetic.jsonl", texts)
     started = time.perf_counter()
     card = run_scorecard(ctx["score"], texts, ctx["references"], run, embedder=ctx["embedder"])
     scored = time.perf_counter()
-    cycled = [texts[i % len(texts)] for i in range(args.num_samples)]
-    model, losses = fine_tune(ctx["model_dir"], user_turns(ctx["tokenizer"], cycled), ctx["pad_id"], args.sft_lr)
+    info: dict[str, Any] = {}
+    if args.solutions:
+        answers = answer_all(ctx["base"], ctx["tokenizer"], texts, args.response_tokens, "answering the statements")
+        with (run / "pairs.jsonl").open("w") as f:
+            f.writelines(json.dumps({"instruction": t, "response": a, "finished": done}) + "\n"
+                         for t, (a, done) in zip(texts, answers))
+        rows = chat_rows(ctx["tokenizer"], problem_turns(texts, [a for a, _ in answers]), {"user", "assistant"})
+        info = {"responses_unfinished": sum(not done for _, done in answers) / len(answers),
+                "respond_s": time.perf_counter() - scored}
+    else:
+        rows = user_turns(ctx["tokenizer"], texts)
+    tuning = time.perf_counter()
+    model, losses = fine_tune(ctx["model_dir"], [rows[i % len(rows)] for i in range(args.num_samples)],
+                              ctx["pad_id"], args.sft_lr)
     tuned = time.perf_counter()
-    perplexity = heldout_nll(model, ctx["eval_rows"], ctx["pad_id"])
+    measured = downstream(model.merge_and_unload(), ctx, args, run)
     return {
         "num_texts": len(texts),
         **key_metrics(card),
-        **perplexity,
+        **info,
+        **measured,
         "sft_steps": len(losses),
         "sft_loss_first": losses[0],
         "sft_loss_last": losses[-1],
         "sft_losses": losses,
         "score_s": scored - started,
-        "sft_s": tuned - scored,
+        "sft_s": tuned - tuning,
         "eval_s": time.perf_counter() - tuned,
     }
 
@@ -433,6 +544,7 @@ def aggregate(rows: list[dict[str, Any]], keys: list[str]) -> dict[str, dict[str
 
 
 def table(stats: dict[str, dict[str, dict[str, float]]], columns: list[tuple[str, str, int]]) -> list[str]:
+    columns = [column for column in columns if any(column[0] in metrics for metrics in stats.values())]
     lines = ["| condition | " + " | ".join(h for _, h, _ in columns) + " |",
              "| --- |" + " ---: |" * len(columns)]
     for condition, metrics in stats.items():
@@ -448,10 +560,11 @@ def table(stats: dict[str, dict[str, dict[str, float]]], columns: list[tuple[str
 def summary(rows: list[dict[str, Any]], args: argparse.Namespace, wall_s: float) -> str:
     stats = aggregate(rows, [key for key, _, _ in COLUMNS + TRAINING_COLUMNS])
     lines = [
-        "# DOMINO on MBPP problem statements, small scale (bench/quality_repro.py)",
+        (f"# DOMINO on MBPP problem statements{' and solutions' if args.solutions else ''}, small scale "
+        "(bench/quality_repro.py)"),
         "",
         (
-            f"SmolLM2-135M-Instruct; N = {args.num_samples} samples per run, R = {args.num_references} references "
+            f"{args.model}; N = {args.num_samples} samples per run, R = {args.num_references} references "
             f"(first MBPP train statements); seeds {args.seeds}; induction k = l = {NUM_SAMPLE_TOKENS}, "
             f"epochs {args.epochs:g}, micro-batch {INDUCTION['micro_batch_size']}, lr {args.induction_lr:g}, lambdas "
             f"{args.lambdas}; sampling temperature {SAMPLING['temperature']}, top_p {SAMPLING['top_p']}, "
@@ -459,6 +572,17 @@ def summary(rows: list[dict[str, Any]], args: argparse.Namespace, wall_s: float)
             f"{math.ceil(args.num_samples / SFT_BATCH)} steps; perplexity on MBPP test statements task_id "
             f"{TEST_TASK_IDS[0]}..{TEST_TASK_IDS[0] + args.num_eval - 1}. Wall time {wall_s / 60:.1f} min."
         ),
+        *([
+            "",
+            (
+                "--solutions: the base model answers every statement (greedy, at most "
+                f"{args.response_tokens} new tokens, system turn: \"{CODE_SYSTEM}\"); the SFT trains on "
+                "statement and answer. Solution ppl: the gold MBPP code, fenced as the system turn asks, after "
+                f"the statement. Pass@1: greedy answers to the first {args.num_pass} test problems (task_ids "
+                f"{TEST_TASK_IDS[0]}..{TEST_TASK_IDS[0] + args.num_pass - 1}, asserts shown in the prompt), the "
+                "first python block run with the asserts in the sandbox."
+            ),
+        ] if args.solutions else []),
         "",
         (
             "Mean ± sample std over seeds. Diversity columns (distinct-2 to pairwise cos) at matched size R: a random "
@@ -466,7 +590,7 @@ def summary(rows: list[dict[str, Any]], args: argparse.Namespace, wall_s: float)
             "references; fidelity (MMD, Fréchet, classifier AUC) against the MBPP test split statements (task_ids "
             f"{TEST_TASK_IDS[0]}-{TEST_TASK_IDS[1]}). `references` is the real data: its memorisation is 1 by "
             "construction and its fidelity is the floor to compare with. `references` and `base` do not depend on "
-            "the seed (std 0)."
+            "the seed and run once (std 0)."
         ),
         "",
         *table(stats, COLUMNS),
@@ -488,12 +612,14 @@ def main() -> None:
     wall = time.perf_counter()
     from transformers import AutoTokenizer
 
-    model_dir = prepare_model(MODEL_NAME, REPO / "models" / MODEL_NAME)
+    model_dir = prepare_model(args.model, REPO / "models" / args.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     data = args.out / "data"
     references = [row["text"] for row in read_jsonl(TRAIN_REFERENCES)[: args.num_references]]
-    heldout = mbpp_test_statements()
+    problems = mbpp_test_problems()
+    heldout = [p["text"] for p in problems]
     heldout_path = write_texts(data / "mbpp_test_statements.jsonl", heldout)
+    evaluated = problems[: args.num_eval]
     ctx = {
         "model_dir": model_dir,
         "tokenizer": tokenizer,
@@ -502,14 +628,22 @@ def main() -> None:
         "references_path": write_texts(data / "references.jsonl", references),
         "score": ScoreConfig(heldout_path=str(heldout_path)),
         "embedder": CachedEmbedder(load_embedder(None)),
-        "eval_rows": user_turns(tokenizer, heldout[: args.num_eval]),
         "base": load_base(model_dir).eval(),
     }
+    if args.solutions:
+        ctx["eval_rows"] = chat_rows(tokenizer, problem_turns([p["text"] for p in evaluated]), {"user"})
+        ctx["solution_rows"] = chat_rows(
+            tokenizer, problem_turns([p["text"] for p in evaluated], [fenced(p["code"]) for p in evaluated]), {"assistant"})
+        ctx["pass_problems"] = problems[: args.num_pass]
+    else:
+        ctx["eval_rows"] = user_turns(tokenizer, [p["text"] for p in evaluated])
     conditions = [f"domino_lambda{lam}" for lam in args.lambdas] + ["l1_only", "few_shot", "references"]
     started = time.perf_counter()
-    rows = [{"condition": "base", "seed": None, **heldout_nll(ctx["base"], ctx["eval_rows"], ctx["pad_id"]),
+    (args.out / "base").mkdir(parents=True, exist_ok=True)
+    rows = [{"condition": "base", "seed": None, **downstream(ctx["base"], ctx, args, args.out / "base"),
              "eval_s": time.perf_counter() - started}]
-    runs = [(condition, seed) for seed in args.seeds for condition in conditions]
+    # The references and their fine-tune do not depend on the seed (SFT seed fixed, greedy answers): run once.
+    runs = [(c, seed) for seed in args.seeds for c in conditions if c != "references" or seed == args.seeds[0]]
     for condition, seed in tqdm(runs, desc="runs", unit="run"):
         tqdm.write(f"== {condition} seed {seed}")
         rows.append(run_one(condition, seed, ctx, args))
