@@ -119,7 +119,6 @@ CODE_SYSTEM = (
     "function, and nothing else."
 )
 PASS_PROMPT = "{text}\nYour code should pass these tests:\n{tests}"  # MBPP's usual prompt, tests shown
-RESPONSE_BATCH = 16
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 FULL = {"seeds": [0, 1], "num_samples": 64, "num_references": 32, "lambdas": [0.1, 1.0], "epochs": 4.0, "num_eval": 100}
@@ -170,6 +169,8 @@ def parse_args() -> argparse.Namespace:
                         "perplexity and execution Pass@1")
     p.add_argument("--num-pass", type=int, default=50, help="MBPP test problems for Pass@1 (--solutions)")
     p.add_argument("--response-tokens", type=int, default=256, help="max new tokens of every answer (--solutions)")
+    p.add_argument("--response-batch", type=int, default=16,
+                   help="answers generated together (--solutions); small models gain from larger batches on CPU")
     args = p.parse_args()
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
@@ -377,21 +378,21 @@ def heldout_nll(model, rows: list[tuple[list[int], list[int]]], pad_id: int, nam
     return {f"{name}_nll": total / count, f"{name}_ppl": math.exp(total / count), f"{name}_tokens": count}
 
 
-def answer_all(model, tokenizer, instructions: list[str], max_new_tokens: int, desc: str) -> list[tuple[str, bool]]:
+def answer_all(model, tokenizer, instructions: list[str], args: argparse.Namespace, desc: str) -> list[tuple[str, bool]]:
     """(answer, finished) per instruction from the package's Responder: greedy, under the code system turn."""
-    settings = ResponsesConfig(enabled=True, system_prompt=CODE_SYSTEM, max_new_tokens=max_new_tokens,
-                               batch_size=RESPONSE_BATCH)
-    responder, answers = Responder(model, tokenizer, settings), []
-    for start in tqdm(range(0, len(instructions), RESPONSE_BATCH), desc=desc, unit="batch", leave=False):
-        answers += responder.answer(instructions[start : start + RESPONSE_BATCH], seed=0)
+    settings = ResponsesConfig(enabled=True, system_prompt=CODE_SYSTEM, max_new_tokens=args.response_tokens,
+                               batch_size=args.response_batch)
+    responder, answers, size = Responder(model, tokenizer, settings), [], args.response_batch
+    for start in tqdm(range(0, len(instructions), size), desc=desc, unit="batch", leave=False):
+        answers += responder.answer(instructions[start : start + size], seed=0)
     return answers
 
 
-def pass_at_1(model, tokenizer, problems: list[dict[str, Any]], max_new_tokens: int, run: Path) -> dict[str, Any]:
+def pass_at_1(model, tokenizer, problems: list[dict[str, Any]], args: argparse.Namespace, run: Path) -> dict[str, Any]:
     """Greedy Pass@1: the first ```python block of each answer, run with the problem's asserts in the sandbox
     (the package's execution filter); an answer without a code block fails. Answers go to pass_at_1.jsonl."""
     prompts = [PASS_PROMPT.format(text=p["text"], tests="\n".join(p["test_list"])) for p in problems]
-    answers = answer_all(model, tokenizer, prompts, max_new_tokens, "Pass@1 answers")
+    answers = answer_all(model, tokenizer, prompts, args, "Pass@1 answers")
     rows = [{"response": answer, "tests": [p["test_setup_code"]] * bool(p["test_setup_code"]) + p["test_list"]}
             for (answer, _), p in zip(answers, problems)]
     reasons = execution_reasons(rows, ExecutionFilterConfig(enabled=True, tests_field="tests"))
@@ -408,7 +409,7 @@ def downstream(model, ctx: dict[str, Any], args: argparse.Namespace, run: Path) 
     out = heldout_nll(model, ctx["eval_rows"], ctx["pad_id"])
     if args.solutions:
         out |= heldout_nll(model, ctx["solution_rows"], ctx["pad_id"], "solution")
-        out |= pass_at_1(model, ctx["tokenizer"], ctx["pass_problems"], args.response_tokens, run)
+        out |= pass_at_1(model, ctx["tokenizer"], ctx["pass_problems"], args, run)
     return out
 
 
@@ -478,7 +479,7 @@ def evaluate(run: Path, texts: list[str], ctx: dict[str, Any], args: argparse.Na
     scored = time.perf_counter()
     info: dict[str, Any] = {}
     if args.solutions:
-        answers = answer_all(ctx["base"], ctx["tokenizer"], texts, args.response_tokens, "answering the statements")
+        answers = answer_all(ctx["base"], ctx["tokenizer"], texts, args, "answering the statements")
         with (run / "pairs.jsonl").open("w") as f:
             f.writelines(json.dumps({"instruction": t, "response": a, "finished": done}) + "\n"
                          for t, (a, done) in zip(texts, answers))
