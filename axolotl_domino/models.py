@@ -133,7 +133,7 @@ def _embedded_model(name: str) -> EmbeddedModel:
 
 def _stat(path: Path) -> dict[str, Any]:
     stat = path.stat()
-    return {"file": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"file": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def _assemble(model: EmbeddedModel, parts: list[Path], dest: Path | None) -> str:
