@@ -39,8 +39,10 @@ Measurements per (condition, seed):
 
 `--solutions` asks the downstream question on problems *and* solutions, with execution. The base model
 answers every text of a condition's set (the package's `Responder`: greedy, at most `--response-tokens`
-new tokens, under a system turn asking for one ```python block); the LoRA fine-tune then trains on
-system turn + statement + answer (loss on the statement and the answer). After it:
+new tokens, under a system turn asking for one ```python block); an answer cut at that limit is dropped
+with its statement, as the synthesis stage drops unfinished responses, and the LoRA fine-tune trains on
+the remaining system turn + statement + answer (loss on the statement and the answer), cycled to N
+rows. After it:
 - held-out statement perplexity as above, but after the same system turn;
 - held-out solution perplexity: the gold MBPP code of the same test problems, fenced the way the system
   turn asks, as the assistant turn after the statement (loss on the code only);
@@ -483,9 +485,12 @@ def evaluate(run: Path, texts: list[str], ctx: dict[str, Any], args: argparse.Na
         with (run / "pairs.jsonl").open("w") as f:
             f.writelines(json.dumps({"instruction": t, "response": a, "finished": done}) + "\n"
                          for t, (a, done) in zip(texts, answers))
-        rows = chat_rows(ctx["tokenizer"], problem_turns(texts, [a for a, _ in answers]), {"user", "assistant"})
-        info = {"responses_unfinished": sum(not done for _, done in answers) / len(answers),
-                "respond_s": time.perf_counter() - scored}
+        # Like the synthesis stage, a pair whose answer hit the token limit is dropped: its code is cut off.
+        pairs = [(t, a) for t, (a, done) in zip(texts, answers) if done]
+        if not pairs:
+            sys.exit(f"{run.name}: every answer hit --response-tokens {args.response_tokens}; raise it")
+        rows = chat_rows(ctx["tokenizer"], problem_turns(*map(list, zip(*pairs))), {"user", "assistant"})
+        info = {"responses_unfinished": 1 - len(pairs) / len(answers), "respond_s": time.perf_counter() - scored}
     else:
         rows = user_turns(ctx["tokenizer"], texts)
     tuning = time.perf_counter()
@@ -577,8 +582,8 @@ def summary(rows: list[dict[str, Any]], args: argparse.Namespace, wall_s: float)
             "",
             (
                 "--solutions: the base model answers every statement (greedy, at most "
-                f"{args.response_tokens} new tokens, system turn: \"{CODE_SYSTEM}\"); the SFT trains on "
-                "statement and answer. Solution ppl: the gold MBPP code, fenced as the system turn asks, after "
+                f"{args.response_tokens} new tokens, system turn: \"{CODE_SYSTEM}\"); answers cut at that "
+                "limit are dropped (`answers unfinished`), the SFT trains on statement and answer of the rest. Solution ppl: the gold MBPP code, fenced as the system turn asks, after "
                 f"the statement. Pass@1: greedy answers to the first {args.num_pass} test problems (task_ids "
                 f"{TEST_TASK_IDS[0]}..{TEST_TASK_IDS[0] + args.num_pass - 1}, asserts shown in the prompt), the "
                 "first python block run with the asserts in the sandbox."
@@ -649,6 +654,7 @@ def main() -> None:
         tqdm.write(f"== {condition} seed {seed}")
         rows.append(run_one(condition, seed, ctx, args))
         (args.out / "results.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2, default=str))
+        (args.out / "summary.md").write_text(summary(rows, args, time.perf_counter() - wall))  # so far
     wall_s = time.perf_counter() - wall
     (args.out / "results.json").write_text(
         json.dumps({"settings": vars(args), "wall_s": wall_s, "rows": rows}, indent=2, default=str))
