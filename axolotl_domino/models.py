@@ -161,10 +161,6 @@ def _assemble(model: EmbeddedModel, parts: list[Path], dest: Path | None) -> str
     return sha256
 
 
-def _source_fingerprint(model: EmbeddedModel, parts: list[Path]) -> dict[str, Any]:
-    return {"parts": [_stat(path) for path in parts], "sha256": _assemble(model, parts, None)}
-
-
 def _same_source(model: EmbeddedModel, recorded: dict[str, Any], parts: list[Path]) -> bool:
     """Paths, sizes and mtimes decide quickly; the hash settles it when a reinstall only touched mtimes."""
     now = [_stat(path) for path in parts]
@@ -373,8 +369,7 @@ def prepare_model(name: str, output_dir: str | Path, force: bool = False) -> Pat
         _remove_stale_siblings(output_dir)
 
         start = time.monotonic()
-        # Before converting (the marker must describe what was read); raises if the hash is wrong.
-        source = _source_fingerprint(model, parts)
+        stats = [_stat(path) for path in parts]  # before reading: the marker must describe what was read
         build, assembled = _sibling(output_dir, "tmp"), None
         build.mkdir()
         try:
@@ -384,7 +379,8 @@ def prepare_model(name: str, output_dir: str | Path, force: bool = False) -> Pat
                 assembled.mkdir()
                 gguf = assembled / model.gguf_name
                 LOG.info("Joining %d parts of %s into %s", len(parts), model.gguf_name, gguf)
-                _assemble(model, parts, gguf)
+            # One pass over the parts hashes them (raising if the hash is wrong) and joins them if needed.
+            source = {"parts": stats, "sha256": _assemble(model, parts, gguf if assembled else None)}
             LOG.info("Preparing %s: converting %s (%.0f MB) into %s", name, gguf, gguf.stat().st_size / 1e6, output_dir)
             _convert(model, gguf, build)
             _write_marker(build, name, source)

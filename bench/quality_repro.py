@@ -357,8 +357,9 @@ def user_turns(tokenizer, texts: list[str]) -> list[tuple[list[int], list[int]]]
 
 def problem_turns(statements: list[str], solutions: list[str] | None = None) -> list[list[tuple[str, str]]]:
     """--solutions conversations: the code system turn, the statement, and the solution when given."""
-    return [[("system", CODE_SYSTEM), ("user", statement)] + ([("assistant", solutions[i])] if solutions else [])
-            for i, statement in enumerate(statements)]
+    answers = solutions or [None] * len(statements)
+    return [[("system", CODE_SYSTEM), ("user", statement)] + ([("assistant", answer)] if answer is not None else [])
+            for statement, answer in zip(statements, answers)]
 
 
 def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -490,7 +491,7 @@ def evaluate(run: Path, texts: list[str], ctx: dict[str, Any], args: argparse.Na
         pairs = [(t, a) for t, (a, done) in zip(texts, answers) if done]
         if not pairs:
             sys.exit(f"{run.name}: every answer hit --response-tokens {args.response_tokens}; raise it")
-        rows = chat_rows(ctx["tokenizer"], problem_turns(*map(list, zip(*pairs))), {"user", "assistant"})
+        rows = chat_rows(ctx["tokenizer"], problem_turns([t for t, _ in pairs], [a for _, a in pairs]), {"user", "assistant"})
         info = {"responses_unfinished": 1 - len(pairs) / len(answers), "respond_s": time.perf_counter() - scored}
     else:
         rows = user_turns(ctx["tokenizer"], texts)

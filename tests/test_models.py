@@ -287,7 +287,7 @@ def split_model(tmp_path, monkeypatch):
 
 
 def test_parts_are_joined_in_order_and_checked_before_conversion(split_model, prepared, tmp_path, monkeypatch):
-    split, sha256 = split_model
+    _, sha256 = split_model
     seen = []
 
     def convert(model, gguf, dest):
