@@ -182,6 +182,9 @@ class ResponsesConfig(_Block):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(default=512, ge=1, description="Longest response, in tokens.")
     batch_size: int = Field(default=8, ge=1, description="Instructions answered together.")
+    keep_unfinished: bool = Field(
+        default=False, description="Keep responses that hit max_new_tokens before EOS (dropped and counted otherwise)."
+    )
     trust_remote_code: bool = Field(
         default=False, description="Allow the responder's own modelling code (never turned on implicitly)."
     )

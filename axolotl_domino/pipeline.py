@@ -320,15 +320,26 @@ def run_pipeline(cfg: Any, launch: Launch | None = None) -> SynthesisResult:
     return result
 
 
+def _why_none_kept(counts: dict[str, int]) -> str:
+    """The fix for each way samples were lost, naming the keys to change."""
+    fixes = {
+        "dropped_unfinished": "samples hit max_new_tokens before EOS: raise domino.synthesis.max_new_tokens "
+        "or set domino.synthesis.keep_unfinished: true",
+        "dropped_response_unfinished": "responses hit max_new_tokens before EOS: raise "
+        "domino.responses.max_new_tokens or set domino.responses.keep_unfinished: true",
+        "dropped_empty": "samples were empty (EOS first): train the domain tokens longer or sample with a "
+        "higher domino.synthesis.temperature",
+        "removed_by_filters": "the filters removed the rest: loosen or disable them under domino.filters "
+        "(the dataset card lists what each removed)",
+    }
+    return "; ".join(fix for key, fix in fixes.items() if counts.get(key)) or "check the dataset card."
+
+
 def use_synthetic_dataset(cfg: Any, result: SynthesisResult) -> None:
     """Replace `domino:synthetic` entries of `datasets:` (or append) with the synthetic file."""
     counts = result.manifest["counts"]
     if counts["kept"] == 0:
-        raise StageError(
-            f"domino: none of the {counts['generated']} synthetic samples was kept ({counts}); samples or "
-            "responses that hit max_new_tokens before EOS are dropped: raise domino.synthesis.max_new_tokens "
-            "/ domino.responses.max_new_tokens, or set domino.synthesis.keep_unfinished: true."
-        )
+        raise StageError(f"domino: none of the {counts['generated']} synthetic samples was kept ({counts}); {_why_none_kept(counts)}")
     from axolotl.utils.dict import DictDefault  # Axolotl reads dataset entries by attribute
 
     entry = {"path": str(result.dataset), "type": result.manifest["format"], "ds_type": "json"}

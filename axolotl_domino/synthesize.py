@@ -73,10 +73,11 @@ def adapter_dir(domino: DominoConfig) -> Path:
 
 
 def run_key(domino: DominoConfig, base_model: str, adapter_sha256: str) -> str:
-    """Hash of every input that changes the generated samples (batch size is recorded, not keyed)."""
+    """Hash of every input that changes the generated samples (batch size is recorded, not keyed; what only
+    the merge reads, like responses.keep_unfinished, is checked by `_finished`)."""
     inputs = {
         "synthesis": domino.synthesis.model_dump(exclude={"adapter", "batch_size"}),
-        "responses": domino.responses.model_dump(),
+        "responses": domino.responses.model_dump(exclude={"keep_unfinished"}),
         "reference_format": [domino.references.format, domino.references.chat_role],
         "base_model": base_model,
         "adapter_sha256": adapter_sha256,
@@ -195,9 +196,10 @@ def _finished(run_dir: Path, domino: DominoConfig) -> SynthesisResult | None:
         return None
     manifest = json.loads(path.read_text())
     dataset = run_dir / manifest["dataset_file"]
-    merged_as = (manifest["format"], manifest["filters_config"])
-    if merged_as != (domino.dataset.format, domino.filters.model_dump(mode="json")) or not dataset.exists():
-        return None  # same samples, other format or filters: rank 0 merges again
+    merged_as = (manifest["format"], manifest["filters_config"], manifest["responses"].get("keep_unfinished", False))
+    wanted = (domino.dataset.format, domino.filters.model_dump(mode="json"), domino.responses.keep_unfinished)
+    if merged_as != wanted or not dataset.exists():
+        return None  # same samples, other format, filters or response policy: rank 0 merges again
     return SynthesisResult(dataset=dataset, manifest=manifest)
 
 
@@ -263,7 +265,7 @@ def _merge(domino, base_model, adapter: Path, adapter_sha, run_dir: Path, num_sh
                 counts["dropped_empty"] += 1
             elif not (row["finished"] or domino.synthesis.keep_unfinished):
                 counts["dropped_unfinished"] += 1
-            elif domino.responses.enabled and not responses[row["index"]]["finished"]:
+            elif domino.responses.enabled and not (responses[row["index"]]["finished"] or domino.responses.keep_unfinished):
                 counts["dropped_response_unfinished"] += 1
             else:
                 answer = responses[row["index"]]["response"] if domino.responses.enabled else None

@@ -19,7 +19,7 @@ def _config(smollm2: Path, tmp_path: Path, references: Path, **domino_overrides)
     domino["induction"].update(num_domain_tokens=4, num_sample_tokens=4, num_epochs=2)
     # A 2-epoch D* rarely stops within 48 tokens: keep cut samples so the test does not hinge on it.
     domino["synthesis"].update(num_samples=8, max_new_tokens=48, batch_size=8, keep_unfinished=True)
-    domino["responses"].update(max_new_tokens=256, batch_size=8)
+    domino["responses"].update(max_new_tokens=256, batch_size=8, keep_unfinished=True)  # likewise for answers
     domino["filters"] = {"dedup": {"enabled": True}}  # the quickstart's stricter filters could empty 8 samples
     for key, value in domino_overrides.items():
         domino[key] = {**domino.get(key, {}), **value}

@@ -79,10 +79,22 @@ def test_synthetic_dataset_replaces_the_marker_or_is_appended(tmp_path):
     assert [d.path for d in cfg.datasets] == ["mine.jsonl", str(result.dataset)]
 
 
-def test_no_kept_sample_is_a_clear_error(tmp_path):
-    result = SynthesisResult(dataset=tmp_path / "x.jsonl", manifest={"format": "completion", "counts": {"kept": 0, "generated": 5}})
-    with pytest.raises(StageError, match="none of the 5 synthetic samples was kept.*max_new_tokens"):
+@pytest.mark.parametrize(
+    "lost, fix",
+    [
+        ("dropped_unfinished", "domino.synthesis.keep_unfinished: true"),
+        ("dropped_response_unfinished", "domino.responses.keep_unfinished: true"),
+        ("dropped_empty", "domino.synthesis.temperature"),
+        ("removed_by_filters", "domino.filters"),
+    ],
+)
+def test_no_kept_sample_is_a_clear_error_naming_the_key_to_change(tmp_path, lost, fix):
+    counts = {"kept": 0, "generated": 5, lost: 5}
+    result = SynthesisResult(dataset=tmp_path / "x.jsonl", manifest={"format": "completion", "counts": counts})
+    with pytest.raises(StageError, match="none of the 5 synthetic samples was kept") as error:
         use_synthetic_dataset(DictDefault({"datasets": []}), result)
+    assert fix in str(error.value)
+    assert ("keep_unfinished" in str(error.value)) == lost.endswith("unfinished")  # only the fix that applies
 
 
 def test_induction_key_follows_content_and_settings_not_the_path(tmp_path):

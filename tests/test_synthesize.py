@@ -98,6 +98,23 @@ def test_instruction_formats_with_responses(tiny_model_dir, adapter, tmp_path, f
     assert result.manifest["responder_model"] == str(tiny_model_dir)
 
 
+def test_unfinished_responses_are_dropped_unless_kept_without_generating_again(tiny_model_dir, adapter, tmp_path):
+    settings = {"synthesis": {"keep_unfinished": True, "num_samples": 6}, "responses": {"enabled": True, "max_new_tokens": 2}}
+    dropped = synthesize(DominoConfig.model_validate(_config(tmp_path, adapter, **settings)), str(tiny_model_dir), rank=0, world_size=1)
+    counts = dropped.manifest["counts"]
+    assert counts["dropped_response_unfinished"] >= 1  # greedy 2-token answers of a random model rarely end
+    assert counts["kept"] == 6 - counts["dropped_empty"] - counts["dropped_response_unfinished"]
+    shards = {p: p.stat().st_mtime_ns for p in dropped.dataset.parent.glob("*/*.jsonl")}
+
+    settings["responses"]["keep_unfinished"] = True
+    kept = synthesize(DominoConfig.model_validate(_config(tmp_path, adapter, **settings)), str(tiny_model_dir), rank=0, world_size=1)
+    assert kept.dataset.parent == dropped.dataset.parent  # same run: only the merge differs
+    assert {p: p.stat().st_mtime_ns for p in kept.dataset.parent.glob("*/*.jsonl")} == shards
+    counts = kept.manifest["counts"]
+    assert counts["dropped_response_unfinished"] == 0 and counts["kept"] == 6 - counts["dropped_empty"]
+    assert kept.manifest["responses"]["keep_unfinished"] is True
+
+
 SCRIPT = """
 import json, sys
 import torch.distributed as dist
