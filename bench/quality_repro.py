@@ -174,6 +174,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--response-tokens", type=int, default=256, help="max new tokens of every answer (--solutions)")
     p.add_argument("--response-batch", type=int, default=16,
                    help="answers generated together (--solutions); small models gain from larger batches on CPU")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the rows of OUT/results.json measured with the same settings (seeds and lambdas "
+                        "may differ) and run only the missing (condition, seed) pairs")
     args = p.parse_args()
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
@@ -613,6 +616,24 @@ def summary(rows: list[dict[str, Any]], args: argparse.Namespace, wall_s: float)
     return "\n".join(lines)
 
 
+# Settings that do not change a (condition, seed) row: which rows a sweep plans, and where it writes.
+UNKEYED_SETTINGS = {"out", "quick", "seeds", "lambdas", "resume"}
+
+
+def resumed_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Rows of an earlier sweep into the same --out (--resume), refused if any measuring setting differs."""
+    path = args.out / "results.json"
+    if not args.resume or not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    differs = {key: (earlier["settings"].get(key), value) for key, value in vars(args).items()
+               if key not in UNKEYED_SETTINGS and earlier["settings"].get(key) != value}
+    if differs:
+        sys.exit(f"--resume: {path} was measured with other settings (earlier, now): {differs}; "
+                 "rerun with the earlier settings or use another --out")
+    return earlier["rows"]
+
+
 def main() -> None:
     args = parse_args()
     if args.num_references > 100:
@@ -646,12 +667,21 @@ def main() -> None:
     else:
         ctx["eval_rows"] = user_turns(tokenizer, [p["text"] for p in evaluated])
     conditions = [f"domino_lambda{lam}" for lam in args.lambdas] + ["l1_only", "few_shot", "references"]
-    started = time.perf_counter()
-    (args.out / "base").mkdir(parents=True, exist_ok=True)
-    rows = [{"condition": "base", "seed": None, **downstream(ctx["base"], ctx, args, args.out / "base"),
-             "eval_s": time.perf_counter() - started}]
+    earlier = resumed_rows(args)
     # The references and their fine-tune do not depend on the seed (SFT seed fixed, greedy answers): run once.
-    runs = [(c, seed) for seed in args.seeds for c in conditions if c != "references" or seed == args.seeds[0]]
+    planned = [("base", None)] + [(c, seed) for seed in args.seeds for c in conditions if c != "references"]
+    planned.append(next(((r["condition"], r["seed"]) for r in earlier if r["condition"] == "references"),
+                        ("references", args.seeds[0])))
+    rows = [r for r in earlier if (r["condition"], r["seed"]) in planned]
+    runs = [run for run in planned if run not in {(r["condition"], r["seed"]) for r in rows}]
+    if earlier:
+        tqdm.write(f"--resume: {len(rows)} rows reused from {args.out / 'results.json'}, {len(runs)} runs to go")
+    if ("base", None) in runs:
+        runs.remove(("base", None))
+        started = time.perf_counter()
+        (args.out / "base").mkdir(parents=True, exist_ok=True)
+        rows.insert(0, {"condition": "base", "seed": None, **downstream(ctx["base"], ctx, args, args.out / "base"),
+                        "eval_s": time.perf_counter() - started})
     for condition, seed in tqdm(runs, desc="runs", unit="run"):
         tqdm.write(f"== {condition} seed {seed}")
         rows.append(run_one(condition, seed, ctx, args))
