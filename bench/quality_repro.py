@@ -669,9 +669,12 @@ def main() -> None:
     conditions = [f"domino_lambda{lam}" for lam in args.lambdas] + ["l1_only", "few_shot", "references"]
     earlier = resumed_rows(args)
     # The references and their fine-tune do not depend on the seed (SFT seed fixed, greedy answers): run once.
-    planned = [("base", None)] + [(c, seed) for seed in args.seeds for c in conditions if c != "references"]
-    planned.append(next(((r["condition"], r["seed"]) for r in earlier if r["condition"] == "references"),
-                        ("references", args.seeds[0])))
+    # An earlier sweep's references row stands for every seed; otherwise it runs with the first seed's runs.
+    references_seed = next((r["seed"] for r in earlier if r["condition"] == "references"), args.seeds[0])
+    planned = [("base", None)] + [(c, seed) for seed in args.seeds for c in conditions
+                                  if c != "references" or seed == references_seed]
+    if references_seed not in args.seeds:
+        planned.append(("references", references_seed))
     rows = [r for r in earlier if (r["condition"], r["seed"]) in planned]
     runs = [run for run in planned if run not in {(r["condition"], r["seed"]) for r in rows}]
     if earlier:
