@@ -676,7 +676,8 @@ def main() -> None:
     if references_seed not in args.seeds:
         planned.append(("references", references_seed))
     rows = [r for r in earlier if (r["condition"], r["seed"]) in planned]
-    runs = [run for run in planned if run not in {(r["condition"], r["seed"]) for r in rows}]
+    done = {(r["condition"], r["seed"]) for r in rows}
+    runs = [run for run in planned if run not in done]
     if earlier:
         tqdm.write(f"--resume: {len(rows)} rows reused from {args.out / 'results.json'}, {len(runs)} runs to go")
     if ("base", None) in runs:
