@@ -22,6 +22,19 @@ def _require_file(path: str, key: str, fix: str) -> None:
         raise ValueError(f"{key}: '{path}' {where} (resolved from {Path.cwd()}). {fix}")
 
 
+def check_in_batch_negatives(contrastive: bool, negatives: str, micro_batch_size: int, key: str) -> None:
+    """The contrastive term with in-batch negatives compares each reference with the others of its micro-batch.
+
+    `key` is the micro-batch key in force: `domino.induction.micro_batch_size` for the pipeline's induction
+    stage, the top-level `micro_batch_size` for a standalone `adapter: domino_prompt` YAML.
+    """
+    if contrastive and negatives == "in_batch" and micro_batch_size < 2:
+        raise ValueError(
+            f"{key}: in-batch negatives need at least 2 references per micro-batch; set {key.rsplit('.', 1)[-1]} >= 2 "
+            "or domino.induction.negatives: sampled."
+        )
+
+
 class _Block(BaseModel):
     """Base of every `domino:` sub-block: typos are errors, not silently ignored keys."""
 
@@ -123,12 +136,15 @@ class InductionConfig(_Block):
             )
         if self.num_sample_tokens == 0:
             self.l1_only = True
-        if not self.l1_only and self.negatives == "in_batch" and self.micro_batch_size < 2:
-            raise ValueError(
-                "domino.induction.micro_batch_size: in-batch negatives need at least 2 references per "
-                "micro-batch; set micro_batch_size >= 2 or negatives: sampled."
-            )
+        check_in_batch_negatives(
+            not self.l1_only, self.negatives, self.micro_batch_size, "domino.induction.micro_batch_size"
+        )
         return self
+
+    @property
+    def min_references(self) -> int:
+        """Distinct references induction needs: L2 contrasts each reference with at least one other."""
+        return 1 if self.l1_only else 2
 
 
 class SynthesisConfig(_Block):
@@ -426,7 +442,6 @@ class DominoConfig(_Block):
         description="Without CUDA, set precision, attention and LoRA-kernel options that run on CPU "
         "(each change is logged) and reject settings that cannot.",
     )
-
 
     @model_validator(mode="after")
     def _format_needs_responses(self) -> "DominoConfig":

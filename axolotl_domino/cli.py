@@ -27,26 +27,26 @@ def domino() -> None:
 def prepare_model_command(name: str, output: Path, force: bool) -> None:
     """Convert an embedded model into a Hugging Face folder and print its path.
 
-    NAME is one of axolotl_domino.models.EMBEDDED_MODELS: smollm2-135m-instruct (the default model) or
+    NAME is one of axolotl_domino.embedded.EMBEDDED_MODELS: smollm2-135m-instruct (the default model) or
     qwen2.5-coder-0.5b-instruct (optional, six hash-checked GGUF parts: `make model-qwen`). A no-op when
     --output already holds it, so scripts can run it unconditionally.
     """
-    from axolotl_domino import models  # torch/transformers load only when a conversion runs
+    from axolotl_domino import embedded  # torch/transformers load only when a conversion runs
 
-    if name not in models.EMBEDDED_MODELS:
-        raise click.BadParameter(f"choose one of: {', '.join(sorted(models.EMBEDDED_MODELS))}", param_hint="NAME")
+    if name not in embedded.EMBEDDED_MODELS:
+        raise click.BadParameter(f"choose one of: {', '.join(sorted(embedded.EMBEDDED_MODELS))}", param_hint="NAME")
     # `axolotl` leaves non-`axolotl.*` loggers at the root's WARNING; show the conversion's progress.
-    if models.LOG.getEffectiveLevel() > logging.INFO:
-        models.LOG.setLevel(logging.INFO)
+    if embedded.LOG.getEffectiveLevel() > logging.INFO:
+        embedded.LOG.setLevel(logging.INFO)
     try:
-        path = models.prepare_model(name, output, force=force)
-    except (FileExistsError, models.EmbeddedModelNotInstalled, models.EmbeddedModelCorrupt) as exc:
+        path = embedded.prepare_model(name, output, force=force)
+    except (FileExistsError, embedded.EmbeddedModelNotInstalled, embedded.EmbeddedModelCorrupt) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(path)  # last line of stdout (after axolotl's banner and logs), for scripts
 
 
 def _load_stage_config(config: Path):
-    """(DominoConfig, base_model, raw dict) from an Axolotl YAML (or the JSON a pipeline run resolved).
+    """(DominoConfig, base_model, raw dict) from an Axolotl YAML.
 
     Read without Axolotl's `load_cfg`, which would also set up the YAML's DeepSpeed environment.
     """
@@ -84,7 +84,7 @@ def _resolved_model_settings(config: Path) -> dict:
 
 
 def _show_progress() -> None:
-    """`axolotl` leaves non-core loggers at WARNING; show our stages' INFO lines."""
+    """`axolotl` leaves non-`axolotl.*` loggers at the root's WARNING; show our stages' INFO lines."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] [%(name)s] %(message)s")
     logging.getLogger("axolotl.integrations.domino").setLevel(logging.INFO)
 
@@ -97,12 +97,14 @@ config_argument = click.argument("config", type=click.Path(exists=True, dir_okay
 @click.option("--nproc", default=1, show_default=True, help="Processes (GPUs) for data-parallel induction.")
 def induce(config: Path, nproc: int) -> None:
     """Induce the domain tokens D* from CONFIG's references (skipped when up to date)."""
-    from axolotl_domino.pipeline import Launch, lock_output_dir, preflight, run_induction
+    from axolotl_domino.launch import Launch, lock_output_dir
+    from axolotl_domino.layout import Layout
+    from axolotl_domino.pipeline import preflight, run_induction
 
     _show_progress()
     domino_cfg, base_model, raw = _load_stage_config(config)
     preflight(domino_cfg, base_model, bool(raw.get("trust_remote_code")))
-    lock_output_dir(domino_cfg.output_dir)
+    lock_output_dir(Layout.of(domino_cfg))
     adapter = run_induction(domino_cfg, base_model, _resolved_model_settings(config), Launch(0, 0, 1, nproc))
     click.echo(adapter)
 
@@ -113,7 +115,8 @@ def induce(config: Path, nproc: int) -> None:
 @click.option("--world-size", default=None, type=int, help="Number of ranks sharing the work.")
 def synthesize(config: Path, rank: int | None, world_size: int | None) -> None:
     """Sample CONFIG's synthetic dataset from D* (resumes; skipped when up to date); print its path."""
-    from axolotl_domino.pipeline import lock_output_dir
+    from axolotl_domino.launch import lock_output_dir
+    from axolotl_domino.layout import Layout
     from axolotl_domino.shards import rank_and_world
     from axolotl_domino.synthesize import synthesize as run
 
@@ -122,7 +125,7 @@ def synthesize(config: Path, rank: int | None, world_size: int | None) -> None:
     if rank is None or world_size is None:
         rank, world_size = rank_and_world()
     if rank == 0:  # one lock holder per run
-        lock_output_dir(domino_cfg.output_dir)
+        lock_output_dir(Layout.of(domino_cfg))
     result = run(domino_cfg, base_model, rank, world_size, trust_remote_code=bool(raw.get("trust_remote_code")))
     click.echo(result.dataset)
 
@@ -131,16 +134,12 @@ def synthesize(config: Path, rank: int | None, world_size: int | None) -> None:
 @config_argument
 def report(config: Path) -> None:
     """Show what CONFIG's stages produced and (re)write the synthetic data's scorecard."""
-    from axolotl_domino.pipeline import induction_config, induction_key, induction_up_to_date
-    from axolotl_domino.synthesize import adapter_dir, finished
+    from axolotl_domino.pipeline import induction_status
+    from axolotl_domino.synthesize import finished, rescore
 
     domino_cfg, base_model, _ = _load_stage_config(config)
-    if domino_cfg.synthesis.adapter:
-        click.echo(f"induction: skipped, D* given by domino.synthesis.adapter ({domino_cfg.synthesis.adapter})")
-    else:
-        key = induction_key(domino_cfg, induction_config(domino_cfg, base_model, _resolved_model_settings(config)))
-        state = "up to date" if induction_up_to_date(adapter_dir(domino_cfg), key) else "missing or stale"
-        click.echo(f"induction: {state} ({adapter_dir(domino_cfg)})")
+    settings = {} if domino_cfg.synthesis.adapter else _resolved_model_settings(config)
+    click.echo(induction_status(domino_cfg, base_model, settings))
     result = finished(domino_cfg, base_model)
     if result is None:
         click.echo("synthesis: not done for the current D* and settings")
@@ -148,18 +147,6 @@ def report(config: Path) -> None:
     counts = result.manifest["counts"]
     click.echo(f"synthesis: {counts['kept']} of {counts['generated']} samples kept -> {result.dataset}")
     click.echo(json.dumps({"counts": counts, "filters": result.manifest["filters"]}, indent=2))
-    from axolotl_domino.references import read_references
-    from axolotl_domino.shards import read_jsonl
-    from axolotl_domino.synthesize import write_scorecard
-
     _show_progress()
-    rows = read_jsonl(result.dataset)
-    synthetic = [row.get("text") or row.get("instruction") or row["messages"][0]["content"] for row in rows]
-    if write_scorecard(domino_cfg.model_copy(update={"score": domino_cfg.score.model_copy(update={"enabled": True})}),
-                       synthetic, read_references(domino_cfg.references.path, domino_cfg.references.field).texts,
-                       result.dataset.parent) is not None:
+    if rescore(domino_cfg, result) is not None:
         click.echo((result.dataset.parent / "scorecard.md").read_text())
-
-
-if __name__ == "__main__":  # the pipeline runs stages as `python -m axolotl_domino.cli ...`
-    domino()

@@ -10,7 +10,8 @@ other keys (e.g. `tests`, a list of assert statements for the execution filter) 
 
 Texts are compared as lowercase word tokens (runs of letters, digits and underscores), so case,
 spacing and punctuation changes do not hide a copy. The research pipeline (docs/METHOD.md) used
-the judge, the syntax check and an execution check; dedup, novelty and decontamination are ours.
+the judge (`judge.py`), the syntax check and an execution check (`sandbox.py`); dedup, novelty and
+decontamination are ours.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import ast
 import json
 import logging
-import os
 import re
 import textwrap
 import warnings
@@ -29,25 +29,22 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from axolotl_domino.args import (
-    INSTRUCTION_LEVELS,
-    RESPONSE_LEVELS,
     DecontaminationFilterConfig,
     DedupFilterConfig,
     ExecutionFilterConfig,
     FiltersConfig,
-    JudgeFilterConfig,
     NoveltyFilterConfig,
     SyntaxFilterConfig,
 )
+from axolotl_domino.files import read_field
+from axolotl_domino.judge import UNPARSABLE, Judge, judge_reasons, load_judge
 from axolotl_domino.sandbox import SandboxResult, run_many
 
 LOG = logging.getLogger("axolotl.integrations.domino.filters")
 
-UNPARSABLE = "judge_unparsable"
 TEST_FAILED_EXIT = 3  # exit status of the test harness when a test raises
 
 
@@ -61,10 +58,6 @@ class FilterReport:
     removed: int
     reasons: dict[str, int]
     kept_flagged: dict[str, int] = field(default_factory=dict)
-
-
-Judge = Callable[[list[list[dict[str, str]]]], list[str]]
-"""A judge maps chat conversations (lists of {role, content} turns) to the model's reply to each."""
 
 
 def apply_filters(
@@ -86,7 +79,7 @@ def apply_filters(
         "novelty": partial(novelty_reasons, settings=settings.novelty, references=references),
         "decontamination": partial(contamination_reasons, settings=settings.decontamination),
         "execution": partial(execution_reasons, settings=settings.execution),
-        "judge": lambda kept: judge_reasons(kept, settings.judge, judge or _load_judge(settings.judge, base_model)),
+        "judge": lambda kept: judge_reasons(kept, settings.judge, judge or load_judge(settings.judge, base_model)),
     }
     reports = []
     for name, check in checks.items():
@@ -220,26 +213,11 @@ def contamination_reasons(rows: list[dict[str, Any]], settings: DecontaminationF
 def _benchmark_ngrams(path: str, settings: DecontaminationFilterConfig) -> dict[int, set[int]]:
     """N-gram hashes of a benchmark file, by n-gram length (a record shorter than n is one shorter n-gram)."""
     by_length: dict[int, set[int]] = {}
-    with open(Path(path).expanduser(), encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"domino.filters.decontamination.files: {path} line {number} is not JSON ({error})."
-                ) from None
-            if settings.field not in record:
-                raise ValueError(
-                    f"domino.filters.decontamination.field: '{settings.field}' missing in {path} line {number}."
-                )
-            value = record[settings.field]
-            tokens = words(value if isinstance(value, str) else json.dumps(value))
-            if tokens:
-                by_length.setdefault(min(len(tokens), settings.ngram), set()).update(
-                    ngram_hashes(tokens, settings.ngram)
-                )
+    key = "domino.filters.decontamination"
+    for _, value in read_field(path, settings.field, f"{key}.files", f"{key}.field", strings=False):
+        tokens = words(value if isinstance(value, str) else json.dumps(value))
+        if tokens:
+            by_length.setdefault(min(len(tokens), settings.ngram), set()).update(ngram_hashes(tokens, settings.ngram))
     return by_length
 
 
@@ -293,147 +271,3 @@ def _execution_reason(result: SandboxResult) -> str | None:
     if result.status == "error":
         return "test_failed" if result.returncode == TEST_FAILED_EXIT else "exec_error"
     return result.status
-
-
-# ----- the LLM judge -----
-
-INSTRUCTION_PROMPT = """You are reviewing a task written to train an AI assistant.
-
-Rate the task as one of: very poor, poor, average, good, excellent.
-- very poor: meaningless, empty, or not a task.
-- poor: unclear, self-contradictory, or missing information needed to do it.
-- average: understandable but vague, trivial, or under-specified.
-- good: clear and doable, with minor gaps (for example unstated edge cases or input format).
-- excellent: clear, specific, self-contained and doable; inputs, outputs and constraints are stated.
-
-Task:
-<task>
-{instruction}
-</task>
-
-Reply with only a JSON object: {{"rating": "<one of the five levels>", "reason": "<one sentence>"}}"""
-
-RESPONSE_PROMPT = """You are reviewing an answer to a task, written to train an AI assistant.
-
-Rate the answer as one of: bad, acceptable, good.
-- bad: wrong, incomplete, off-topic, or its code would not run.
-- acceptable: mostly right, with flaws (missed edge cases, unclear or unnecessary parts).
-- good: correct, complete and clear.
-
-Task:
-<task>
-{instruction}
-</task>
-
-Answer:
-<answer>
-{response}
-</answer>
-
-Reply with only a JSON object: {{"rating": "<bad, acceptable or good>", "reason": "<one sentence>"}}"""
-
-
-def parse_verdict(text: str, levels: Iterable[str]) -> str | None:
-    """The rating of the first JSON object in `text` if it is one of `levels` (case-insensitive), else None."""
-    decoder = json.JSONDecoder()
-    for start in (m.start() for m in re.finditer(r"\{", text)):
-        try:
-            verdict, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(verdict, dict):
-            rating = str(verdict.get("rating", "")).strip().lower()
-            return rating if rating in levels else None
-    return None
-
-
-def judge_reasons(rows: list[dict[str, Any]], settings: JudgeFilterConfig, judge: Judge) -> list[str | None]:
-    """Instructions first; responses (where there are any) only of the rows whose instruction passed."""
-    reasons = _rate(
-        judge,
-        [INSTRUCTION_PROMPT.format(instruction=row["instruction"]) for row in rows],
-        INSTRUCTION_LEVELS,
-        settings.keep_instruction_levels,
-        "instruction",
-        settings,
-    )
-    answered = [i for i, row in enumerate(rows) if reasons[i] is None and isinstance(row.get("response"), str)]
-    prompts = [
-        RESPONSE_PROMPT.format(instruction=rows[i]["instruction"], response=rows[i]["response"]) for i in answered
-    ]
-    for i, reason in zip(
-        answered, _rate(judge, prompts, RESPONSE_LEVELS, settings.keep_response_levels, "response", settings)
-    ):
-        reasons[i] = reason
-    return reasons
-
-
-def _rate(
-    judge: Judge, prompts: list[str], levels: tuple[str, ...], keep: list[str], what: str, settings: JudgeFilterConfig
-) -> list[str | None]:
-    """Per prompt: None (kept), `<what>_rated_<level>` or `judge_unparsable`."""
-    reasons: list[str | None] = []
-    with tqdm(total=len(prompts), desc=f"domino: judging {what}s", unit="sample") as progress:
-        for start in range(0, len(prompts), settings.batch_size):
-            batch = prompts[start : start + settings.batch_size]
-            replies = judge([[{"role": "user", "content": prompt}] for prompt in batch])
-            for reply in replies:
-                rating = parse_verdict(reply, levels)
-                if rating is None:
-                    reasons.append(UNPARSABLE)
-                else:
-                    reasons.append(None if rating in keep else f"{what}_rated_{rating}")
-            progress.update(len(batch))
-    return reasons
-
-
-class HFJudge:
-    """A Hugging Face chat model as a `Judge`: its chat template, greedy decoding, left-padded batches."""
-
-    def __init__(self, model, tokenizer, max_new_tokens: int = 256):
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
-                "domino.filters.judge.model: the judge's tokenizer has no chat template; name a chat model."
-            )
-        from axolotl_domino.generate import stop_token_ids
-
-        self.model, self.tokenizer, self.max_new_tokens = model.eval(), tokenizer, max_new_tokens
-        self.eos = sorted(stop_token_ids(model, tokenizer))
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos[0]
-
-    @classmethod
-    def from_pretrained(cls, name: str, max_new_tokens: int = 256, trust_remote_code: bool = False) -> HFJudge:
-        from axolotl_domino.synthesize import load_model  # imported here: synthesize imports this module
-
-        cuda = torch.cuda.is_available()
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
-        tokenizer, model = load_model(name, device, trust_remote_code)
-        return cls(model, tokenizer, max_new_tokens)
-
-    @torch.no_grad()
-    def __call__(self, conversations: list[list[dict[str, str]]]) -> list[str]:
-        prompts = [
-            self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations
-        ]
-        batch = self.tokenizer(
-            prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
-        ).to(self.model.device)
-        out = self.model.generate(
-            **batch,
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            eos_token_id=self.eos,
-            pad_token_id=self.pad_id,
-        )
-        return self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-
-
-def _load_judge(settings: JudgeFilterConfig, base_model: str | None) -> HFJudge:
-    name = settings.model or base_model
-    if name is None:
-        raise ValueError("domino.filters.judge.model: no judge model; set it, or pass the base model to apply_filters.")
-    LOG.info("domino: loading the judge %s", name)
-    return HFJudge.from_pretrained(name, settings.max_new_tokens, settings.trust_remote_code)

@@ -4,7 +4,7 @@
 every batch, and each sequence then decodes token by token. Sample i draws from its own random
 stream seeded by (seed, i), so which batch, shard or rank produces it does not change what is
 drawn; the work is split into fixed shards of indices for resumption and for ranks
-(`shards.py`).
+(`shards.py`). `generate_vllm.py` is the same generator on vLLM.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from transformers import (
 )
 
 from axolotl_domino.args import SynthesisConfig
-
+from axolotl_domino.hf import stop_token_ids
 
 
 @dataclass
@@ -41,14 +41,6 @@ class Sample:
 def sample_seed(seed: int, index: int) -> int:
     """Seed of sample `index`'s own random stream: independent of batch, shard and rank."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] % (2**63))
-
-
-def stop_token_ids(model: PreTrainedModel, tokenizer) -> set[int]:
-    """EOS ids from the tokenizer and the generation config (chat models often list several)."""
-    ids = {tokenizer.eos_token_id}
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    ids.update(configured if isinstance(configured, list) else [configured])
-    return {i for i in ids if i is not None}
 
 
 def auto_batch_size(model: PreTrainedModel, prefix_len: int, max_new_tokens: int, limit: int = 128) -> int:

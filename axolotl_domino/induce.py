@@ -22,7 +22,7 @@ from transformers import PreTrainedModel
 
 from axolotl_domino.args import InductionConfig
 from axolotl_domino.loss import DominoLossOutput, domino_loss
-from axolotl_domino.shards import write_atomic
+from axolotl_domino.files import write_atomic
 
 LOG = logging.getLogger("axolotl.integrations.domino.induce")
 
@@ -76,6 +76,16 @@ def initial_domain_tokens(model: PreTrainedModel, tokenizer: Any, settings: Indu
     return torch.randn(k, embeddings.shape[1], generator=gen) * embedding_scale(model)
 
 
+def prompt_tuning_config(settings: InductionConfig, base_model: str | None = None) -> PromptTuningConfig:
+    """The PEFT config of D*: plain prompt tuning with k virtual tokens, so PEFT alone can load and use it."""
+    return PromptTuningConfig(
+        task_type=TaskType.CAUSAL_LM,
+        num_virtual_tokens=settings.num_domain_tokens,
+        prompt_tuning_init=PromptTuningInit.RANDOM,  # overwritten with our init; RANDOM needs no hub access
+        base_model_name_or_path=base_model,
+    )
+
+
 class DominoPromptModel(PeftModelForCausalLM):
     """PEFT prompt tuning whose virtual tokens are D, plus the sample tokens S of the references."""
 
@@ -87,13 +97,7 @@ class DominoPromptModel(PeftModelForCausalLM):
         num_references: int,
         metadata: dict[str, Any],
     ):
-        config = PromptTuningConfig(
-            task_type=TaskType.CAUSAL_LM,
-            num_virtual_tokens=settings.num_domain_tokens,
-            prompt_tuning_init=PromptTuningInit.RANDOM,  # overwritten below; RANDOM needs no hub access
-            base_model_name_or_path=metadata.get("base_model"),
-        )
-        super().__init__(model, config)
+        super().__init__(model, prompt_tuning_config(settings, metadata.get("base_model")))
         with torch.no_grad():
             self.prompt_encoder[self.active_adapter].embedding.weight.copy_(
                 initial_domain_tokens(model, tokenizer, settings)

@@ -1,128 +1,49 @@
-"""The one-YAML pipeline: induction -> synthesis -> Axolotl's own SFT on the synthetic dataset.
+"""The one-YAML pipeline: preflight -> induction -> synthesis -> Axolotl's own SFT on the synthetic dataset.
 
 Called from the plugin's `load_datasets` hook on every rank. Each stage runs in a child process
-with the launcher's distributed and DeepSpeed/accelerate environment removed, so the outer run's
-state (e.g. ZeRO-3 partitioning every `from_pretrained`) cannot leak into it, and its GPU memory
-is returned before SFT starts. Ranks wait for each other's outputs by polling files, never in a
-collective, so a long stage cannot trip `ddp_timeout`. A stage whose output is up to date (keyed
-by the hash of its inputs) is skipped.
+(`launch.py`). Ranks wait for each other's outputs by polling files, never in a collective, so a
+long stage cannot trip `ddp_timeout`. A stage whose output is up to date (keyed by the hash of its
+inputs) is skipped.
 
 - induction: global rank 0 runs `axolotl train` on a derived `adapter: domino_prompt` YAML,
-  data-parallel over this node's ranks (torchrun) when there are several;
-- synthesis: every rank runs its share of shards (`synthesize.py`), rank 0 merges;
+  data-parallel over this node's ranks (torchrun) when there are several; it resumes from its
+  last complete checkpoint after a crash;
+- synthesis: every rank runs its share of shards (`synthesize.py`, through `child.py`), rank 0 merges;
 - SFT: `cfg.datasets` is pointed at the content-addressed synthetic file and Axolotl trains
   with the YAML's adapter, DeepSpeed and so on.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
-import socket
-import subprocess
-import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from axolotl_domino import child
 from axolotl_domino.args import DominoConfig
-from axolotl_domino.references import read_references
-from axolotl_domino.shards import wait_until, write_atomic
-from axolotl_domino.synthesize import SynthesisResult, default_adapter_dir, finished
+from axolotl_domino.files import digest, write_atomic
+from axolotl_domino.launch import Launch, StageError, free_port, lock_output_dir, run_child, stage_env
+from axolotl_domino.layout import Layout
+from axolotl_domino.references import chat_turn_header, load_references
+from axolotl_domino.shards import wait_until
+from axolotl_domino.synthesize import SynthesisResult, finished
 
 LOG = logging.getLogger("axolotl.integrations.domino.pipeline")
 
 SYNTHETIC = "domino:synthetic"  # a `datasets:` path the plugin replaces with the synthetic file
-CHECKPOINT_KEY_FILE = "checkpoints.key"  # the induction key the adapter folder's checkpoint-* belong to
-STAGE_FILE = "domino_stage.json"
 # Model-loading and precision keys of the outer YAML that the induction run inherits.
 MODEL_KEYS = ("base_model_config", "tokenizer_config", "trust_remote_code", "bf16", "fp16", "tf32", "attn_implementation")
-LAUNCHER_ENV = (
-    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
-    "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT",
-)
-LAUNCHER_ENV_PREFIXES = ("ACCELERATE_", "TORCHELASTIC_", "DEEPSPEED_", "FSDP_", "OMPI_", "PMI_")
-LOCK_HELD_ENV = "DOMINO_OUTPUT_LOCK_HELD"  # set for our own stage children: their parent holds the lock
-_held_locks: list[Any] = []  # kept for the life of the process; the OS releases them on exit, even on kill -9
-
-
-class StageError(RuntimeError):
-    """A stage's child process failed; the message carries the command and the tail of its log."""
-
-
-@dataclass(frozen=True)
-class Launch:
-    """Where this process sits in the outer launch."""
-
-    rank: int
-    local_rank: int
-    world_size: int
-    local_world_size: int
-
-    @classmethod
-    def from_env(cls) -> "Launch":
-        world = int(os.environ.get("WORLD_SIZE", 1))
-        return cls(
-            rank=int(os.environ.get("RANK", 0)),
-            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-            world_size=world,
-            local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)),
-        )
-
-
-def stage_env(processes_per_node: int = 1, **extra: str) -> dict[str, str]:
-    """The environment for a stage's child: ours minus every launcher/DeepSpeed/accelerate variable.
-
-    `accelerate launch` sets OMP_NUM_THREADS=1 in the outer run; a stage's child instead gets the
-    node's cores shared among the stage's processes on this node.
-    """
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in LAUNCHER_ENV and not key.startswith(LAUNCHER_ENV_PREFIXES)
-    }
-    threads = str(max(1, (os.cpu_count() or 1) // processes_per_node))
-    return {**env, LOCK_HELD_ENV: "1", "OMP_NUM_THREADS": threads, **extra}
-
-
-def lock_output_dir(output_dir: str | Path) -> None:
-    """Refuse to share `domino.output_dir` with another run: two runs would interleave their shards.
-
-    Taken once per run (rank 0, or a single-stage command) and held until the process exits.
-    """
-    from filelock import FileLock, Timeout
-
-    if os.environ.get(LOCK_HELD_ENV):
-        return
-    folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(folder / ".domino.lock")
-    owner = folder / ".domino.lock.owner"
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        who = owner.read_text().strip() if owner.exists() else "unknown"
-        raise StageError(
-            f"domino.output_dir: {folder} is in use by another run ({who}); wait for it to finish or set "
-            "another domino.output_dir."
-        ) from None
-    owner.write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    _held_locks.append(lock)
 
 
 def model_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """The outer YAML's model-loading and precision keys that are set."""
     return {key: config[key] for key in MODEL_KEYS if config.get(key) is not None}
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # --- checks before any heavy work -------------------------------------------------------------
@@ -131,8 +52,6 @@ def _digest(value: Any) -> str:
 def preflight(domino: DominoConfig, base_model: str, trust_remote_code: bool = False) -> None:
     """Fail in seconds, naming the key and the fix, on inputs that would fail an hour in."""
     from transformers import AutoConfig, AutoTokenizer
-
-    from axolotl_domino.references import chat_turn_header
 
     if base_model.startswith((".", "/", "~")) and not Path(base_model).expanduser().exists():
         raise StageError(
@@ -147,7 +66,7 @@ def preflight(domino: DominoConfig, base_model: str, trust_remote_code: bool = F
         probe.unlink()
     except OSError as exc:
         raise StageError(f"domino.output_dir: cannot write to {output} ({exc.strerror}); choose a writable folder.") from None
-    read_references(domino.references.path, domino.references.field, min_count=1 if domino.induction.l1_only else 2)
+    load_references(domino)
     if domino.synthesis.adapter is None:
         context = getattr(AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code).get_text_config(),
                           "max_position_embeddings", None)
@@ -164,13 +83,9 @@ def preflight(domino: DominoConfig, base_model: str, trust_remote_code: bool = F
 # --- induction -------------------------------------------------------------------------------
 
 
-def induction_dir(domino: DominoConfig) -> Path:
-    return default_adapter_dir(domino).parent
-
-
 def induction_config(domino: DominoConfig, base_model: str, settings: Mapping[str, Any]) -> dict[str, Any]:
     """The `adapter: domino_prompt` Axolotl config the induction stage trains with."""
-    ind, folder = domino.induction, induction_dir(domino)
+    ind, layout = domino.induction, Layout.of(domino)
     config = {
         "base_model": base_model,
         **settings,
@@ -188,8 +103,8 @@ def induction_config(domino: DominoConfig, base_model: str, settings: Mapping[st
         "seed": ind.seed,  # Axolotl shuffles with cfg.seed (random when unset): same seed, same D*
         "logging_steps": 5,
         **_checkpointing(ind.save_steps),
-        "output_dir": str(default_adapter_dir(domino)),
-        "dataset_prepared_path": str(folder / "prepared"),
+        "output_dir": str(layout.adapter),
+        "dataset_prepared_path": str(layout.induction_prepared),
     }
     if ind.max_steps:
         config["max_steps"] = ind.max_steps
@@ -207,23 +122,21 @@ def induction_key(domino: DominoConfig, config: Mapping[str, Any]) -> str:
 
     How often it checkpoints does not change D*, so it is left out.
     """
-    refs = read_references(domino.references.path, domino.references.field)
     inputs = json.loads(json.dumps(config, default=str))
     del inputs["domino"]["references"]["path"]  # the content counts, not where it lies
     del inputs["domino"]["induction"]["save_steps"]
     for key in _checkpointing(save_steps=1):  # every key checkpointing can set
         inputs.pop(key, None)
-    return _digest({"references_sha256": refs.sha256, "config": inputs})
+    return digest({"references_sha256": load_references(domino).sha256, "config": inputs})
 
 
-def _usable_checkpoints(adapter: Path, key: str) -> list[Path]:
+def _usable_checkpoints(layout: Layout, key: str) -> list[Path]:
     """Keep the checkpoints a resumed run may use: this key's, and only complete ones.
 
     The Trainer writes trainer_state.json last, so a checkpoint killed mid-write has none (or a cut one).
     """
-    key_file = adapter / CHECKPOINT_KEY_FILE
-    checkpoints = sorted(adapter.glob("checkpoint-*"))
-    stale = key_file.exists() and key_file.read_text().strip() != key
+    checkpoints = sorted(layout.adapter.glob("checkpoint-*"))
+    stale = layout.checkpoints_key.exists() and layout.checkpoints_key.read_text().strip() != key
     usable = []
     for checkpoint in checkpoints:
         try:
@@ -235,44 +148,50 @@ def _usable_checkpoints(adapter: Path, key: str) -> list[Path]:
         else:
             LOG.info("domino: removing %s checkpoint %s", "stale" if stale else "incomplete", checkpoint)
             shutil.rmtree(checkpoint)
-    adapter.mkdir(parents=True, exist_ok=True)
-    write_atomic(key_file, key.encode())
+    write_atomic(layout.checkpoints_key, key.encode())
     return usable
 
 
-def induction_up_to_date(adapter: Path, key: str) -> bool:
-    stage = adapter / STAGE_FILE
-    return stage.exists() and json.loads(stage.read_text()).get("key") == key
+def induction_up_to_date(layout: Layout, key: str) -> bool:
+    return layout.induction_done.exists() and json.loads(layout.induction_done.read_text()).get("key") == key
+
+
+def induction_status(domino: DominoConfig, base_model: str, settings: Mapping[str, Any]) -> str:
+    """One line on the induction stage for these inputs (`axolotl domino report`)."""
+    if domino.synthesis.adapter:
+        return f"induction: skipped, D* given by domino.synthesis.adapter ({domino.synthesis.adapter})"
+    layout = Layout.of(domino)
+    key = induction_key(domino, induction_config(domino, base_model, settings))
+    return f"induction: {'up to date' if induction_up_to_date(layout, key) else 'missing or stale'} ({layout.adapter})"
 
 
 def run_induction(domino: DominoConfig, base_model: str, settings: Mapping[str, Any], launch: Launch) -> Path:
     """Induce D* (rank 0, data-parallel over this node's ranks) unless up to date; return the adapter folder."""
+    layout = Layout.of(domino)
     config = induction_config(domino, base_model, settings)
-    key, adapter = induction_key(domino, config), Path(config["output_dir"])
-    if induction_up_to_date(adapter, key):
-        LOG.info("domino: induction up to date (%s), skipping", adapter)
-        return adapter
+    key = induction_key(domino, config)
+    if induction_up_to_date(layout, key):
+        LOG.info("domino: induction up to date (%s), skipping", layout.adapter)
+        return layout.adapter
     if launch.rank != 0:
-        wait_until(lambda: induction_up_to_date(adapter, key), "rank 0 to finish domain induction")
-        return adapter
-    (adapter / STAGE_FILE).unlink(missing_ok=True)
-    if _usable_checkpoints(adapter, key):
-        LOG.info("domino: resuming the induction from its last checkpoint in %s", adapter)
-    folder = induction_dir(domino)
-    folder.mkdir(parents=True, exist_ok=True)
-    config_path = folder / f"induce-{key}.yaml"
+        wait_until(lambda: induction_up_to_date(layout, key), "rank 0 to finish domain induction")
+        return layout.adapter
+    layout.induction_done.unlink(missing_ok=True)
+    if _usable_checkpoints(layout, key):
+        LOG.info("domino: resuming the induction from its last checkpoint in %s", layout.adapter)
+    config_path = layout.induction_config(key)
     write_atomic(config_path, yaml.safe_dump(config, sort_keys=False).encode())
     command = ["axolotl", "train", str(config_path)]
     if launch.local_world_size > 1:
-        command += ["--launcher", "torchrun", "--", f"--nproc_per_node={launch.local_world_size}", f"--master_port={_free_port()}"]
+        command += ["--launcher", "torchrun", "--", f"--nproc_per_node={launch.local_world_size}", f"--master_port={free_port()}"]
     else:  # in-process: no `accelerate launch` layer holding its own copy of torch in memory
         command += ["--launcher", "python"]
     LOG.info("domino: inducing the domain: %s", " ".join(command))
-    _run_child(command, folder / f"induce-{key}.log", stage_env(launch.local_world_size))
-    write_atomic(adapter / STAGE_FILE, json.dumps({"key": key, "config": config_path.name}).encode())
-    for checkpoint in adapter.glob("checkpoint-*"):  # D* is final; S and optimizer copies only cost disk now
+    run_child(command, layout.induction_log(key), stage_env(launch.local_world_size))
+    write_atomic(layout.induction_done, json.dumps({"key": key, "config": config_path.name}).encode())
+    for checkpoint in layout.adapter.glob("checkpoint-*"):  # D* is final; S and optimizer copies only cost disk now
         shutil.rmtree(checkpoint)
-    return adapter
+    return layout.adapter
 
 
 # --- synthesis -------------------------------------------------------------------------------
@@ -284,21 +203,13 @@ def run_synthesis(domino: DominoConfig, base_model: str, launch: Launch, trust_r
     if done is not None:
         LOG.info("domino: synthesis up to date (%s), skipping", done.dataset)
         return done
-    resolved = {"base_model": base_model, "trust_remote_code": trust_remote_code, "domino": domino.model_dump(mode="json")}
-    folder = Path(domino.output_dir) / "synthesis"
-    folder.mkdir(parents=True, exist_ok=True)
-    config_path = folder / f"synthesize-{_digest(resolved)}.json"
-    write_atomic(config_path, json.dumps(resolved, indent=2).encode())
-    command = [
-        sys.executable, "-m", "axolotl_domino.cli", "synthesize", str(config_path),
-        "--rank", str(launch.rank), "--world-size", str(launch.world_size),
-    ]
+    config_path = child.write_config(domino, base_model, trust_remote_code)
     LOG.info("domino: synthesising %d samples from D* (rank %d)", domino.synthesis.num_samples, launch.rank)
     env = stage_env(launch.local_world_size, LOCAL_RANK=str(launch.local_rank))
-    _run_child(command, folder / f"synthesize-rank{launch.rank}.log", env)
+    run_child(child.command(config_path, launch.rank, launch.world_size), Layout.of(domino).synthesis_log(launch.rank), env)
     result = finished(domino, base_model)
     if result is None:
-        raise StageError(f"domino: synthesis finished without a manifest in {folder}; see its logs there")
+        raise StageError(f"domino: synthesis finished without a manifest in {Layout.of(domino).synthesis}; see its logs there")
     return result
 
 
@@ -312,7 +223,7 @@ def run_pipeline(cfg: Any, launch: Launch | None = None) -> SynthesisResult:
     base_model = str(cfg.base_model)
     preflight(domino, base_model, bool(cfg.trust_remote_code))
     if launch.rank == 0:
-        lock_output_dir(domino.output_dir)
+        lock_output_dir(Layout.of(domino))
     if domino.synthesis.adapter is None:  # an explicit D* skips induction
         run_induction(domino, base_model, model_settings(cfg), launch)
     result = run_synthesis(domino, base_model, launch, bool(cfg.trust_remote_code))
@@ -350,22 +261,3 @@ def use_synthetic_dataset(cfg: Any, result: SynthesisResult) -> None:
         datasets.append(DictDefault(entry))
     cfg.datasets = datasets
     LOG.info("domino: fine-tuning on %s (%d samples)", result.dataset, result.manifest["counts"]["kept"])
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _run_child(command: list[str], log_path: Path, env: dict[str, str]) -> None:
-    """Run a stage, streaming its output to our stderr and to `log_path`; raise StageError on failure."""
-    with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        for line in proc.stdout:
-            sys.stderr.write(line)
-            log.write(line)
-        code = proc.wait()
-    if code != 0:
-        tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-40:])
-        raise StageError(f"domino: stage command failed (exit {code}): {' '.join(command)}\nlog: {log_path}\n{tail}")

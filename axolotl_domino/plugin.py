@@ -14,6 +14,8 @@ from typing import Any
 
 from axolotl.integrations.base import AdapterCapabilities, BasePlugin
 
+from axolotl_domino.args import check_in_batch_negatives
+
 LOG = logging.getLogger("axolotl.integrations.domino")
 
 ADAPTER = "domino_prompt"
@@ -60,10 +62,11 @@ class DominoPlugin(BasePlugin):
         if cfg.domino.cpu_safe_defaults and not cuda_available():
             cpu_device_map(cfg)
         if _inducing(cfg):
+            from axolotl_domino.layout import Layout
             from axolotl_domino.references import write_indexed
 
             # Axolotl then loads, tokenizes (references.py strategy), caches and shards it as usual.
-            indexed = write_indexed(_read_references(cfg), Path(cfg.domino.output_dir) / "induction")
+            indexed = write_indexed(_references(cfg), Layout(Path(cfg.domino.output_dir)))
             cfg.datasets[0]["path"] = str(indexed)
             LOG.info("domino: inducing the domain from %s", indexed)
         else:
@@ -81,17 +84,15 @@ class DominoPlugin(BasePlugin):
     def load_adapter(self, model, cfg, inference: bool = False, config_only: bool = False):
         if not _inducing(cfg):
             return None
-        from peft import PromptTuningConfig, TaskType
-
         from axolotl_domino.args import InductionConfig
-        from axolotl_domino.induce import DominoPromptModel
+        from axolotl_domino.induce import DominoPromptModel, prompt_tuning_config
 
         settings = InductionConfig(**cfg.domino.induction)
         if config_only:
-            return None, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=settings.num_domain_tokens)
+            return None, prompt_tuning_config(settings, cfg.base_model)
         from axolotl.loaders import load_tokenizer
 
-        references = _read_references(cfg)
+        references = _references(cfg)
         metadata = {
             "base_model": cfg.base_model,
             "references_path": str(references.path),
@@ -116,11 +117,11 @@ class DominoPlugin(BasePlugin):
         return DominoCollator, {}
 
 
-def _read_references(cfg: Any):
-    from axolotl_domino.references import read_references
+def _references(cfg: Any):
+    from axolotl_domino.args import DominoConfig
+    from axolotl_domino.references import load_references
 
-    refs = cfg.domino.references
-    return read_references(refs.path, refs.field, min_count=1 if cfg.domino.induction.l1_only else 2)
+    return load_references(DominoConfig.model_validate(dict(cfg.domino)))
 
 
 def _resolve_deepspeed_name(cfg: dict[str, Any]) -> None:
@@ -151,10 +152,13 @@ def _prepare_induction_config(cfg: dict[str, Any]) -> None:
         raise ValueError(f"val_set_size: adapter: {ADAPTER} trains on every reference; set val_set_size: 0.")
     induction = domino.get("induction") or {}
     contrastive = (induction.get("num_sample_tokens", 256) or 0) > 0 and not induction.get("l1_only")
-    if contrastive and induction.get("negatives", "in_batch") == "in_batch" and (cfg.get("micro_batch_size") or 1) < 2:
-        raise ValueError(
-            "micro_batch_size: in-batch negatives need at least 2 references per micro-batch; set "
-            "micro_batch_size >= 2 or domino.induction.negatives: sampled."
-        )
+    check_in_batch_negatives(
+        contrastive, induction.get("negatives", "in_batch"), cfg.get("micro_batch_size") or 1, "micro_batch_size"
+    )
     # A last micro-batch of one reference has no in-batch negative (and would leave S unused under DDP).
     cfg["dataloader_drop_last"] = True
+    if cfg.get("seed") is None:
+        # Axolotl draws a random seed for the data order when none is set: the same YAML would train a
+        # different D* on every run.
+        cfg["seed"] = induction.get("seed", 0)
+        LOG.info("domino: seed: %s (domino.induction.seed), so that the same YAML induces the same D*", cfg["seed"])

@@ -12,21 +12,18 @@ This module is also an Axolotl prompt strategy: `type: axolotl_domino.references
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from axolotl_domino.shards import jsonl_bytes, write_atomic
+from axolotl_domino.args import DominoConfig
+from axolotl_domino.files import DataFileError, jsonl_bytes, read_field, write_atomic
+from axolotl_domino.layout import Layout
 
 LOG = logging.getLogger("axolotl.integrations.domino.references")
 
 INDEX_FIELD = "ref_index"
-
-
-class ReferenceError(ValueError):
-    """The reference file cannot be used; the message names the file, the line and the fix."""
 
 
 @dataclass(frozen=True)
@@ -45,65 +42,37 @@ class References:
 
 
 def read_references(path: str | Path, field: str = "text", min_count: int = 1) -> References:
-    """Read a JSON Lines reference file; raise `ReferenceError` naming the line and the fix."""
-    path = Path(path).expanduser()
-    hint = f"'{path}' must be JSON Lines: one object per line with a string field '{field}'"
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ReferenceError(f"domino.references.path: {path} does not exist; {hint}.") from None
-    except OSError as exc:
-        raise ReferenceError(f"domino.references.path: cannot read {path} ({exc.strerror}).") from None
+    """Read a JSON Lines reference file; raise `DataFileError` naming the line and the fix.
 
+    `min_count` is `InductionConfig.min_references`: the contrastive term needs two distinct references.
+    """
+    path = Path(path).expanduser()
     texts: list[str] = []
     seen: set[str] = set()
     duplicates = 0
-    for number, line in enumerate(raw.splitlines(), start=1):
-        try:
-            line_text = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ReferenceError(
-                f"{path}:{number}: not valid UTF-8 (byte {exc.start}); re-encode the file as UTF-8."
-            ) from None
-        if not line_text.strip():
-            continue
-        try:
-            record = json.loads(line_text)
-        except json.JSONDecodeError as exc:
-            raise ReferenceError(f"{path}:{number}: invalid JSON ({exc.msg}, column {exc.colno}); {hint}.") from None
-        if not isinstance(record, dict):
-            raise ReferenceError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}; {hint}.")
-        if field not in record:
-            keys = ", ".join(sorted(record)) or "none"
-            raise ReferenceError(
-                f"{path}:{number}: no field '{field}' (keys: {keys}); set domino.references.field to the key "
-                "that holds the reference text."
-            )
-        text = record[field]
-        if not isinstance(text, str):
-            raise ReferenceError(
-                f"{path}:{number}: field '{field}' is {type(text).__name__}, not a string; "
-                "point domino.references.field at a text field."
-            )
+    for number, text in read_field(path, field, "domino.references.path", "domino.references.field", "references"):
         if not text.strip():
-            raise ReferenceError(f"{path}:{number}: field '{field}' is empty; remove the line or fill it.")
+            raise DataFileError(f"{path}:{number}: field '{field}' is empty; remove the line or fill it.")
         if text in seen:
             duplicates += 1
             continue
         seen.add(text)
         texts.append(text)
-
-    if not texts:
-        raise ReferenceError(f"domino.references.path: {path} holds no references; {hint}.")
     if duplicates:
         LOG.warning("domino: dropped %d duplicate reference(s) from %s", duplicates, path)
     if len(texts) < min_count:
-        raise ReferenceError(
+        raise DataFileError(
             f"domino.references.path: {path} has {len(texts)} distinct reference(s) but at least {min_count} "
             "are needed: the contrastive term compares each reference with others. Add references, or "
             "set domino.induction.num_sample_tokens: 0 for plain prompt tuning (L1 only)."
         )
     return References(texts=texts, path=path, duplicates_dropped=duplicates)
+
+
+def load_references(domino: DominoConfig) -> References:
+    """The references a `domino:` block names, checked against what its induction needs."""
+    refs = domino.references
+    return read_references(refs.path, refs.field, domino.induction.min_references)
 
 
 def chat_turn_header(tokenizer: Any, role: str) -> str:
@@ -113,7 +82,7 @@ def chat_turn_header(tokenizer: Any, role: str) -> str:
     constant in front of every reference, and its EOS would end every generated sample early.
     """
     if not getattr(tokenizer, "chat_template", None):
-        raise ReferenceError(
+        raise ValueError(
             "domino.references.format: chat needs a tokenizer with a chat template; this tokenizer has "
             "none. Use format: text, or set Axolotl's `chat_template:`."
         )
@@ -145,12 +114,12 @@ def sample_text(token_ids: list[int], tokenizer: Any, format: str, chat_role: st
     return tokenizer.decode(token_ids, skip_special_tokens=True).strip()
 
 
-def write_indexed(references: References, directory: Path) -> Path:
+def write_indexed(references: References, layout: Layout) -> Path:
     """Write the references with their row index, under a content-addressed name, atomically.
 
     Axolotl caches tokenized data by dataset path, so the name must change with the content.
     """
-    target = directory / f"references-{references.sha256[:16]}.jsonl"
+    target = layout.indexed_references(references.sha256)
     if not target.exists():
         rows = ({"text": text, INDEX_FIELD: index} for index, text in enumerate(references.texts))
         write_atomic(target, jsonl_bytes(rows))

@@ -1,54 +1,41 @@
-"""The synthesis stage: D* -> samples -> (responses) -> an Axolotl dataset, resumable and sharded.
+"""The synthesis stage: D* -> samples -> (responses) -> filters -> an Axolotl dataset -> scorecard.
 
-Layout under `<output_dir>/synthesis/<run key>/` (the key hashes everything that changes what is
-generated: sampling and responder settings, reference format, base model, the bytes of D*):
-
-    samples/samples-000000.jsonl      one file per shard of sample indices, complete or absent
-    responses/responses-000000.jsonl  the responder's answers, same shards
-    synthetic-<sha256>.<format>.jsonl the merged dataset (rank 0), content-addressed
-    README.md, manifest.json          card and manifest; the manifest is written last
-
-Every rank produces its round-robin share of shards; rank 0 waits for all of them (by polling
-files, not in a collective) and merges in index order, so the dataset depends on the seed and
-the settings, not on the number of ranks or on how often the run was interrupted.
+Resumable and sharded. Its folder, `synthesis/<run key>/` (`layout.SynthesisRun`), is keyed by
+everything that changes what is generated: sampling and responder settings, reference format, base
+model, the bytes of D*. Every rank produces its round-robin share of shards (`shards.py`); rank 0
+waits for all of them (by polling files, not in a collective) and merges in index order, so the
+dataset depends on the seed and the settings, not on the number of ranks or on how often the run
+was interrupted. What only the merge reads (dataset format, filters, `responses.keep_unfinished`)
+is not keyed: changing it merges the same shards again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from axolotl_domino.args import DominoConfig
-from axolotl_domino.generate import PrefixSampler, sample_seed
-from axolotl_domino.induce import METADATA_FILE
+from axolotl_domino.files import digest, file_sha256, jsonl_bytes, read_jsonl, remove_temporaries, write_atomic
 from axolotl_domino.filters import apply_filters
-from axolotl_domino.references import read_references, sample_text
-from axolotl_domino.shards import (
-    jsonl_bytes,
-    my_pending_shards,
-    rank_and_world,
-    read_jsonl,
-    remove_temporaries,
-    shard_indices,
-    shard_path,
-    wait_for,
-    write_atomic,
-)
-from axolotl_domino.write import MANIFEST_FILE, record, write_dataset, write_manifest
+from axolotl_domino.generate import PrefixSampler, sample_seed
+from axolotl_domino.hf import hidden_size, load_model, rank_device
+from axolotl_domino.induce import METADATA_FILE
+from axolotl_domino.layout import Layout, SynthesisRun, source_adapter
+from axolotl_domino.references import load_references, sample_text
+from axolotl_domino.respond import Responder
+from axolotl_domino.shards import my_pending_shards, rank_and_world, shard_indices, wait_for
+from axolotl_domino.write import instruction, record, write_dataset, write_manifest
 
 LOG = logging.getLogger("axolotl.integrations.domino.synthesize")
-
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass
@@ -57,88 +44,45 @@ class SynthesisResult:
     manifest: dict[str, Any]
 
 
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def default_adapter_dir(domino: DominoConfig) -> Path:
-    """Where the pipeline's induction stage saves D*."""
-    return Path(domino.output_dir) / "induction" / "adapter"
-
-
-def adapter_dir(domino: DominoConfig) -> Path:
-    """The D* synthesis samples from: `domino.synthesis.adapter`, else the induction stage's output."""
-    return Path(domino.synthesis.adapter) if domino.synthesis.adapter else default_adapter_dir(domino)
-
-
 def run_key(domino: DominoConfig, base_model: str, adapter_sha256: str) -> str:
     """Hash of every input that changes the generated samples (batch size is recorded, not keyed; what only
     the merge reads, like responses.keep_unfinished, is checked by `_finished`)."""
-    inputs = {
+    return digest({
         "synthesis": domino.synthesis.model_dump(exclude={"adapter", "batch_size"}),
         "responses": domino.responses.model_dump(exclude={"keep_unfinished"}),
         "reference_format": [domino.references.format, domino.references.chat_role],
         "base_model": base_model,
         "adapter_sha256": adapter_sha256,
-    }
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    })
 
 
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-def load_model(name: str, device: torch.device, trust_remote_code: bool = False, load_weights: bool = True):
-    """Tokenizer and causal LM for generation (bf16 on GPUs that support it, float32 elsewhere).
-
-    `load_weights=False` returns no model: the vLLM backend loads its own copy.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-    if not load_weights:
-        return tokenizer, None
-    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
-    return tokenizer, model.to(device).eval()
-
-
-def _hidden_size(name: str, trust_remote_code: bool) -> int:
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code).get_text_config().hidden_size
-
-
-def load_domain_tokens(adapter: Path, hidden_size: int) -> torch.Tensor:
+def load_domain_tokens(adapter: Path, hidden: int) -> Tensor:
     """D* from a PEFT prompt-tuning adapter folder, checked against the model's hidden size."""
-    weights = adapter / ADAPTER_WEIGHTS
+    weights = adapter / SAFETENSORS_WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(
-            f"domino.synthesis.adapter: no {ADAPTER_WEIGHTS} in {adapter}; run induction first "
+            f"domino.synthesis.adapter: no {SAFETENSORS_WEIGHTS_NAME} in {adapter}; run induction first "
             "(`axolotl train` with adapter: domino_prompt) or point domino.synthesis.adapter at its output_dir."
         )
     domain = load_file(str(weights))["prompt_embeddings"]
-    if domain.shape[1] != hidden_size:
+    if domain.shape[1] != hidden:
         raise ValueError(
             f"domino.synthesis.adapter: D* in {adapter} has hidden size {domain.shape[1]} but the base model has "
-            f"{hidden_size}; it was induced on another model."
+            f"{hidden}; it was induced on another model."
         )
     return domain
 
 
-def run_dir(domino: DominoConfig, base_model: str) -> tuple[Path, str]:
+def current_run(domino: DominoConfig, base_model: str) -> tuple[SynthesisRun, str]:
     """The stage's folder for these inputs, and the sha256 of D* it is keyed on."""
-    weights = adapter_dir(domino) / ADAPTER_WEIGHTS
+    weights = source_adapter(domino) / SAFETENSORS_WEIGHTS_NAME
     adapter_sha = file_sha256(weights) if weights.is_file() else "missing"
-    return Path(domino.output_dir) / "synthesis" / run_key(domino, base_model, adapter_sha), adapter_sha
+    return Layout.of(domino).run(run_key(domino, base_model, adapter_sha)), adapter_sha
 
 
 def finished(domino: DominoConfig, base_model: str) -> SynthesisResult | None:
     """The result if the stage is up to date for these inputs, else None."""
-    return _finished(run_dir(domino, base_model)[0], domino)
+    return _finished(current_run(domino, base_model)[0], domino)
 
 
 def synthesize(
@@ -154,48 +98,42 @@ def synthesize(
     """
     if rank is None or world_size is None:
         rank, world_size = rank_and_world()
-    adapter = adapter_dir(domino)
-    folder, adapter_sha = run_dir(domino, base_model)
-    done = _finished(folder, domino)
+    run, adapter_sha = current_run(domino, base_model)
+    done = _finished(run, domino)
     if done is not None:
-        LOG.info("domino: synthesis up to date in %s", folder)
+        LOG.info("domino: synthesis up to date in %s", run.dir)
         return done
 
     started = time.perf_counter()
     shards = shard_indices(domino.synthesis.num_samples, domino.synthesis.shard_size)
-    samples_dir, responses_dir = folder / "samples", folder / "responses"
-    todo_samples = my_pending_shards(samples_dir, "samples", len(shards), rank, world_size)
-    todo_responses = (
-        my_pending_shards(responses_dir, "responses", len(shards), rank, world_size) if domino.responses.enabled else []
-    )
+    todo_samples = my_pending_shards(run.sample_shard, len(shards), rank, world_size)
+    todo_responses = my_pending_shards(run.response_shard, len(shards), rank, world_size) if domino.responses.enabled else []
     if todo_samples or todo_responses:
-        device = _device()
         needs_hf_model = bool(todo_responses) or domino.synthesis.backend == "hf"
-        tokenizer, model = load_model(base_model, device, trust_remote_code, load_weights=needs_hf_model)
+        tokenizer, model = load_model(base_model, rank_device(), trust_remote_code, load_weights=needs_hf_model)
         if todo_samples:
-            domain = load_domain_tokens(adapter, _hidden_size(base_model, trust_remote_code))
-            _generate_shards(domino, base_model, model, tokenizer, domain, shards, todo_samples, samples_dir, rank)
+            domain = load_domain_tokens(source_adapter(domino), hidden_size(base_model, trust_remote_code))
+            _generate_shards(domino, base_model, model, tokenizer, domain, shards, todo_samples, run, rank)
         if todo_responses:
-            _respond_shards(domino, base_model, model, tokenizer, shards, todo_responses, samples_dir, responses_dir, rank)
+            _respond_shards(domino, base_model, model, tokenizer, shards, todo_responses, run, rank)
         del model
 
     if rank != 0:
-        wait_for([folder / MANIFEST_FILE], "rank 0 to merge the synthetic dataset")
-        return _finished(folder, domino)
-    expected = [shard_path(samples_dir, "samples", s) for s in range(len(shards))]
+        wait_for([run.manifest], "rank 0 to merge the synthetic dataset")
+        return _finished(run, domino)
+    expected = [run.sample_shard(s) for s in range(len(shards))]
     if domino.responses.enabled:
-        expected += [shard_path(responses_dir, "responses", s) for s in range(len(shards))]
+        expected += [run.response_shard(s) for s in range(len(shards))]
     wait_for(expected, "the other ranks' shards")
-    return _merge(domino, base_model, adapter, adapter_sha, folder, len(shards), world_size, time.perf_counter() - started)
+    return _merge(domino, base_model, adapter_sha, run, len(shards), world_size, time.perf_counter() - started)
 
 
-def _finished(run_dir: Path, domino: DominoConfig) -> SynthesisResult | None:
+def _finished(run: SynthesisRun, domino: DominoConfig) -> SynthesisResult | None:
     """The stage's result if its manifest exists for the requested format and its dataset is intact."""
-    path = run_dir / MANIFEST_FILE
-    if not path.exists():
+    if not run.manifest.exists():
         return None
-    manifest = json.loads(path.read_text())
-    dataset = run_dir / manifest["dataset_file"]
+    manifest = json.loads(run.manifest.read_text())
+    dataset = run.dir / manifest["dataset_file"]
     merged_as = (manifest["format"], manifest["filters_config"], manifest["responses"].get("keep_unfinished", False))
     wanted = (domino.dataset.format, domino.filters.model_dump(mode="json"), domino.responses.keep_unfinished)
     if merged_as != wanted or not dataset.exists():
@@ -203,7 +141,7 @@ def _finished(run_dir: Path, domino: DominoConfig) -> SynthesisResult | None:
     return SynthesisResult(dataset=dataset, manifest=manifest)
 
 
-def _generate_shards(domino, base_model, model, tokenizer, domain, shards, todo, samples_dir: Path, rank: int) -> None:
+def _generate_shards(domino, base_model, model, tokenizer, domain, shards, todo, run: SynthesisRun, rank: int) -> None:
     settings, refs = domino.synthesis, domino.references
     if settings.backend == "vllm":
         from axolotl_domino.generate_vllm import VllmSampler
@@ -222,20 +160,18 @@ def _generate_shards(domino, base_model, model, tokenizer, domain, shards, todo,
                 rows.append(
                     {"index": sample.index, "text": text, "finished": sample.finished, "num_tokens": len(sample.token_ids)}
                 )
-            write_atomic(shard_path(samples_dir, "samples", s), jsonl_bytes(rows))
+            write_atomic(run.sample_shard(s), jsonl_bytes(rows))
 
 
-def _respond_shards(domino, base_model, model, tokenizer, shards, todo, samples_dir, responses_dir, rank) -> None:
-    from axolotl_domino.respond import Responder
-
+def _respond_shards(domino, base_model, model, tokenizer, shards, todo, run: SynthesisRun, rank: int) -> None:
     settings = domino.responses
     if settings.model and settings.model != base_model:
-        tokenizer, model = load_model(settings.model, _device(), settings.trust_remote_code)
+        tokenizer, model = load_model(settings.model, rank_device(), settings.trust_remote_code)
     responder = Responder(model, tokenizer, settings)
     total = sum(len(shards[s]) for s in todo)
     with tqdm(total=total, desc=f"domino: answering samples (rank {rank})", unit="sample") as progress:
         for s in todo:
-            samples = [row for row in read_jsonl(shard_path(samples_dir, "samples", s)) if _usable(row, domino)]
+            samples = [row for row in read_jsonl(run.sample_shard(s)) if _usable(row, domino)]
             rows = []
             for start in range(0, len(samples), settings.batch_size):
                 batch = samples[start : start + settings.batch_size]
@@ -243,23 +179,23 @@ def _respond_shards(domino, base_model, model, tokenizer, shards, todo, samples_
                 rows += [{"index": row["index"], "response": text, "finished": ok} for row, (text, ok) in zip(batch, answers)]
                 progress.update(len(batch))
             progress.update(len(shards[s]) - len(samples))
-            write_atomic(shard_path(responses_dir, "responses", s), jsonl_bytes(rows))
+            write_atomic(run.response_shard(s), jsonl_bytes(rows))
 
 
 def _usable(row: dict[str, Any], domino: DominoConfig) -> bool:
     return bool(row["text"]) and (row["finished"] or domino.synthesis.keep_unfinished)
 
 
-def _merge(domino, base_model, adapter: Path, adapter_sha, run_dir: Path, num_shards: int, world_size: int, seconds: float) -> SynthesisResult:
+def _merge(domino, base_model, adapter_sha, run: SynthesisRun, num_shards: int, world_size: int, seconds: float) -> SynthesisResult:
     """Rank 0: every shard in index order -> dataset file, card, manifest (last)."""
     counts = {"generated": 0, "dropped_unfinished": 0, "dropped_empty": 0, "dropped_response_unfinished": 0}
     responses: dict[int, dict[str, Any]] = {}
     if domino.responses.enabled:
         for s in range(num_shards):
-            responses.update({row["index"]: row for row in read_jsonl(shard_path(run_dir / "responses", "responses", s))})
+            responses.update({row["index"]: row for row in read_jsonl(run.response_shard(s))})
     rows = []
     for s in range(num_shards):
-        for row in read_jsonl(shard_path(run_dir / "samples", "samples", s)):
+        for row in read_jsonl(run.sample_shard(s)):
             counts["generated"] += 1
             if not row["text"]:
                 counts["dropped_empty"] += 1
@@ -270,12 +206,13 @@ def _merge(domino, base_model, adapter: Path, adapter_sha, run_dir: Path, num_sh
             else:
                 answer = responses[row["index"]]["response"] if domino.responses.enabled else None
                 rows.append({"index": row["index"], "instruction": row["text"], "response": answer})
-    references = read_references(domino.references.path, domino.references.field).texts
+    references = load_references(domino).texts
     rows, reports = apply_filters(rows, domino.filters, references, base_model=base_model)
     counts["removed_by_filters"] = sum(report.removed for report in reports)
     counts["kept"] = len(rows)
     records = [record(domino.dataset.format, row["instruction"], row["response"]) for row in rows]
-    dataset = write_dataset(records, run_dir, domino.dataset.format)
+    dataset = write_dataset(records, run, domino.dataset.format)
+    adapter = source_adapter(domino)
     induction = json.loads((adapter / METADATA_FILE).read_text()) if (adapter / METADATA_FILE).exists() else {}
     manifest = {
         "format": domino.dataset.format,
@@ -286,7 +223,7 @@ def _merge(domino, base_model, adapter: Path, adapter_sha, run_dir: Path, num_sh
         "responses": domino.responses.model_dump(),
         "filters_config": domino.filters.model_dump(mode="json"),
         "filters": [asdict(report) for report in reports],
-        "config_sha256": run_dir.name,
+        "config_sha256": run.dir.name,
         "base_model": base_model,
         "responder_model": (domino.responses.model or base_model) if domino.responses.enabled else None,
         "adapter": str(adapter),
@@ -296,19 +233,19 @@ def _merge(domino, base_model, adapter: Path, adapter_sha, run_dir: Path, num_sh
         "world_size": world_size,
         "seconds_rank0_this_run": round(seconds, 2),
     }
-    write_manifest(run_dir, manifest)
-    for directory in (run_dir, run_dir / "samples", run_dir / "responses"):
+    write_manifest(run, manifest)
+    for directory in (run.dir, run.samples, run.responses):
         if directory.exists():
             remove_temporaries(directory)
     LOG.info("domino: wrote %d of %d synthetic samples to %s", counts["kept"], counts["generated"], dataset)
-    write_scorecard(domino, [row["instruction"] for row in rows], references, run_dir)
+    write_scorecard(domino, [row["instruction"] for row in rows], references, run.dir)
     return SynthesisResult(dataset=dataset, manifest=manifest)
 
 
 def write_scorecard(
     domino: DominoConfig, synthetic: list[str], references: list[str], run_dir: Path
 ) -> dict[str, Any] | None:
-    """Diversity / memorisation / fidelity of the synthetic set (score.py), next to the dataset.
+    """Diversity / memorisation / fidelity of the synthetic set (`score/`), next to the dataset.
 
     Runs after the manifest: a scorecard failure must not cost the synthesised data; it is logged
     with the fix and `axolotl domino report CONFIG` computes the scorecard again.
@@ -323,3 +260,10 @@ def write_scorecard(
     if card is not None:
         LOG.info("domino: scorecard in %s", run_dir / "scorecard.md")
     return card
+
+
+def rescore(domino: DominoConfig, result: SynthesisResult) -> dict[str, Any] | None:
+    """The scorecard of a finished dataset, computed again (`axolotl domino report`), even if `score` is off."""
+    synthetic = [instruction(result.manifest["format"], row) for row in read_jsonl(result.dataset)]
+    settings = domino.model_copy(update={"score": domino.score.model_copy(update={"enabled": True})})
+    return write_scorecard(settings, synthetic, load_references(domino).texts, result.dataset.parent)

@@ -15,6 +15,7 @@ from axolotl.core.trainers.base import AxolotlTrainer
 from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
+from axolotl_domino.hf import pad_right, pad_token_id
 from axolotl_domino.references import INDEX_FIELD
 
 
@@ -22,23 +23,12 @@ class DominoCollator:
     """Right-pads references (the loss needs real tokens first) and stacks their indices."""
 
     def __init__(self, tokenizer: Any, **_: Any):
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = pad_token_id(tokenizer)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         ids, mask = pad_right([f["input_ids"] for f in features], self.pad_token_id)
         index = torch.tensor([int(f[INDEX_FIELD]) for f in features], dtype=torch.long)
         return {"input_ids": ids, "attention_mask": mask, INDEX_FIELD: index}
-
-
-def pad_right(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N, T] ids and attention mask, padded on the right."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, row in enumerate(rows):
-        ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[r, : len(row)] = 1
-    return ids, mask
 
 
 class _NoLossPerplexity(Trainer):

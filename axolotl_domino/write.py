@@ -11,10 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from axolotl_domino.shards import jsonl_bytes, write_atomic
-
-MANIFEST_FILE = "manifest.json"
-CARD_FILE = "README.md"
+from axolotl_domino.files import jsonl_bytes, write_atomic
+from axolotl_domino.layout import SynthesisRun
 
 
 def record(format: str, instruction: str, response: str | None) -> dict[str, Any]:
@@ -26,21 +24,29 @@ def record(format: str, instruction: str, response: str | None) -> dict[str, Any
     return {"messages": [{"role": "user", "content": instruction}, {"role": "assistant", "content": response}]}
 
 
-def write_dataset(records: list[dict[str, Any]], directory: Path, format: str) -> Path:
+def instruction(format: str, row: dict[str, Any]) -> str:
+    """The synthetic text of a row `record(format, ...)` wrote (its inverse, for rereading a dataset)."""
+    if format == "completion":
+        return row["text"]
+    if format == "alpaca":
+        return row["instruction"]
+    return row["messages"][0]["content"]
+
+
+def write_dataset(records: list[dict[str, Any]], run: SynthesisRun, format: str) -> Path:
     """Write the rows under a content-addressed name; return the path."""
     data = jsonl_bytes(records)
-    path = directory / f"synthetic-{hashlib.sha256(data).hexdigest()[:16]}.{format}.jsonl"
+    path = run.dataset(hashlib.sha256(data).hexdigest(), format)
     if not path.exists():
         write_atomic(path, data)
     return path
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
-    """The manifest is written last: its presence means the stage finished."""
-    write_atomic(directory / CARD_FILE, dataset_card(manifest).encode("utf-8"))
-    path = directory / MANIFEST_FILE
-    write_atomic(path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-    return path
+def write_manifest(run: SynthesisRun, manifest: dict[str, Any]) -> Path:
+    """The card, then the manifest, which is written last: its presence means the stage finished."""
+    write_atomic(run.card, dataset_card(manifest).encode("utf-8"))
+    write_atomic(run.manifest, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    return run.manifest
 
 
 def _filter_summary(reports: list[dict[str, Any]]) -> str:

@@ -16,8 +16,10 @@ MODEL_DIR = REPO / "models" / "smollm2-135m-instruct"
 
 
 def axolotl_env() -> dict[str, str]:
+    """The CLI's environment: the venv's tools on PATH, offline, and this folder importable (test plugins)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), env.get("PYTHONPATH")]))
     env.update({"AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     return env
 

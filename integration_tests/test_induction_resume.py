@@ -3,20 +3,18 @@ last complete checkpoint (D, S, optimizer, RNG) and ends where an uninterrupted 
 
 from __future__ import annotations
 
-import json
-import os
-import random
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from _axolotl import REPO, axolotl_env, run_axolotl, write_yaml
+from kill_at_step import STEP_ENV
 
-TOTAL_STEPS = 24
+SAVE_STEPS = 3  # of 24 steps: 8 references, micro-batch 2, 6 epochs
+KILL_AT_STEP = 5  # after checkpoint-3 was written, before checkpoint-6
 
 
 def _config(smollm2: Path, tmp_path: Path, name: str, references: Path) -> Path:
@@ -32,7 +30,9 @@ def _config(smollm2: Path, tmp_path: Path, name: str, references: Path) -> Path:
             "output_dir": str(tmp_path / name),
             "induction": {
                 "num_domain_tokens": 4, "num_sample_tokens": 4, "micro_batch_size": 2, "num_epochs": 6,
-                "learning_rate": 0.01, "negatives": "sampled", "num_negatives": 2, "save_steps": 3,
+                "learning_rate": 0.01, "negatives": "sampled", "num_negatives": 2, "save_steps": SAVE_STEPS,
+                # The same plugins in every run; only the killed one arms the killer (STEP_ENV).
+                "axolotl": {"plugins": ["axolotl_domino.DominoPlugin", "kill_at_step.KillAtStep"]},
             },
         },
     }
@@ -41,17 +41,6 @@ def _config(smollm2: Path, tmp_path: Path, name: str, references: Path) -> Path:
 
 def _adapter(tmp_path: Path, name: str) -> Path:
     return tmp_path / name / "induction" / "adapter"
-
-
-def _complete_checkpoint(adapter: Path) -> Path | None:
-    for checkpoint in adapter.glob("checkpoint-*"):
-        try:
-            json.loads((checkpoint / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if int(checkpoint.name.split("-")[1]) < TOTAL_STEPS:
-            return checkpoint
-    return None
 
 
 def test_killed_induction_resumes_to_the_uninterrupted_result(smollm2, tmp_path):
@@ -63,18 +52,13 @@ def test_killed_induction_resumes_to_the_uninterrupted_result(smollm2, tmp_path)
 
     config = _config(smollm2, tmp_path, "killed", references)
     adapter = _adapter(tmp_path, "killed")
-    proc = subprocess.Popen(
-        ["axolotl", "domino", "induce", str(config)], cwd=REPO, env=axolotl_env(),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    proc = subprocess.run(
+        ["axolotl", "domino", "induce", str(config)], cwd=REPO, env={**axolotl_env(), STEP_ENV: str(KILL_AT_STEP)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, timeout=900,
     )
-    deadline = time.monotonic() + 600
-    while _complete_checkpoint(adapter) is None and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    # Somewhere after the first checkpoint: maybe mid-step, maybe in the middle of writing the next one.
-    time.sleep(random.Random(os.getpid()).uniform(0, 1.0))
-    os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the induction finished before it could be killed"
+    assert proc.returncode == -signal.SIGKILL, "the induction was not killed at its step"
     assert not (adapter / "domino_stage.json").exists()
+    assert sorted(p.name for p in adapter.glob("checkpoint-*")) == [f"checkpoint-{SAVE_STEPS}"]
 
     log = run_axolotl("domino", "induce", str(config))
     output = log.stdout + log.stderr

@@ -63,3 +63,67 @@ def build_tiny_model_dir(path, seed: int = 0):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+
+
+def build_scripted_chat_model_dir(path, reply: list[str]):
+    """A real saved Llama + tokenizer whose greedy reply to any chat prompt is the words `reply`, then EOS.
+
+    Attention and MLP outputs are zeroed, so each position sees only its own (one-hot) token embedding,
+    and the LM head maps every token of the chain "assistant" -> reply[0] -> ... -> reply[-1] -> </s> to
+    its successor: a fixture whose behaviour the test states, run through the real `generate`.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = ["<pad>", "</s>", "<s>", "<unk>", "system", "user", "assistant", *WORDS, *reply]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(words))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", bos_token="<s>", unk_token="<unk>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    hidden = 4 * ((len(vocab) + 3) // 4)  # one-hot embeddings need hidden >= vocabulary
+    config = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=hidden, intermediate_size=8, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+        bos_token_id=2, eos_token_id=1, pad_token_id=0, tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    chain = ["assistant", *reply, "</s>"]
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(torch.eye(len(vocab), hidden))
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.lm_head.weight.zero_()
+        for current, following in zip(chain, chain[1:]):
+            model.lm_head.weight[vocab[following]] = model.model.embed_tokens.weight[vocab[current]]
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+class HashEmbedder:
+    """Deterministic, fast stand-in for the scorecard's embedder: hashed bag of words, L2-normalised
+    (identical texts -> identical rows)."""
+
+    name = "hash-bow-64"
+
+    def encode(self, texts, batch_size=64):
+        import hashlib
+
+        import numpy as np
+
+        from axolotl_domino.score.embedder import l2_normalize
+
+        out = np.zeros((len(texts), 64), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().split():
+                out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % 64] += 1.0
+        return l2_normalize(out)
+
+
+@pytest.fixture
+def hash_embedder():
+    return HashEmbedder()

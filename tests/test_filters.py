@@ -1,4 +1,4 @@
-"""The dataset filters on hand-made rows with known answers, and their configuration."""
+"""The dataset filters on hand-made rows with known answers, and their configuration (the judge: test_judge.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,9 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from axolotl_domino.filters import (
-    FiltersConfig,
-    HFJudge,
-    apply_filters,
-    first_code_block,
-    parse_verdict,
-)
+from axolotl_domino.args import FiltersConfig
+from axolotl_domino.files import DataFileError
+from axolotl_domino.filters import apply_filters, first_code_block
 
 GOOD_CODE = "Here you go:\n```python\ndef add(a, b):\n    return a + b\n```\nDone."
 LONG_TASK = (
@@ -163,7 +159,7 @@ def test_decontamination_missing_file_names_the_key_and_file(tmp_path):
 
 
 def test_decontamination_missing_field_names_the_key(benchmark):
-    with pytest.raises(ValueError, match=r"domino\.filters\.decontamination\.field: 'text' missing in .* line 1"):
+    with pytest.raises(DataFileError, match=r"humaneval_test\.jsonl:1: no field 'text' .*domino\.filters\.decontamination\.field"):
         apply_filters(rows("x"), settings(decontamination={"files": [str(benchmark)]}), [])
 
 
@@ -204,79 +200,6 @@ def test_execution_reports_blocked_samples():
     data = rows("net", response=["```python\nimport socket\nsocket.socket()\n```"])
     kept, [report] = apply_filters(data, settings(execution={}), [])
     assert kept == [] and report.reasons == {"blocked": 1}
-
-
-# ----- judge -----
-
-
-def test_parse_verdict_is_lenient():
-    levels = ("bad", "acceptable", "good")
-    assert parse_verdict('Sure. {"rating": "Good", "reason": "fine"} Hope it helps', levels) == "good"
-    assert parse_verdict('{broken {"rating": "bad"}', levels) == "bad"
-    assert parse_verdict('{"rating": "superb"}', levels) is None
-    assert parse_verdict("It is good.", levels) is None
-
-
-def scripted_judge(calls: list):
-    """Rates by markers in the rated text; records every conversation it is given."""
-
-    def judge(conversations):
-        calls.extend(conversations)
-        replies = []
-        for conversation in conversations:
-            assert [turn["role"] for turn in conversation] == ["user"]
-            prompt = conversation[0]["content"]
-            if "<answer>" in prompt:
-                rating = "bad" if "WRONG" in prompt else "good"
-                replies.append(json.dumps({"rating": rating, "reason": "scripted"}))
-            elif "RAMBLE" in prompt:
-                replies.append("I would say this is quite excellent overall.")  # no JSON: unparsable
-            elif "VAGUE" in prompt:
-                replies.append('Verdict: {"rating": "average", "reason": "vague"}')
-            else:
-                replies.append('{"rating": "excellent", "reason": "clear"}')
-        return replies
-
-    return judge
-
-
-def test_judge_keeps_excellent_instructions_and_good_responses():
-    data = rows(
-        "Task one.",
-        "VAGUE task.",
-        "RAMBLE task.",
-        "Task four.",
-        "No response task.",
-        response=["Fine answer.", "Answer.", "Answer.", "WRONG answer.", None],
-    )
-    calls: list = []
-    config = settings(judge={"batch_size": 2})
-    kept, [report] = apply_filters(data, config, [], judge=scripted_judge(calls))
-    assert [r["instruction"] for r in kept] == ["Task one.", "No response task."]
-    assert report.reasons == {"instruction_rated_average": 1, "judge_unparsable": 1, "response_rated_bad": 1}
-    assert len(calls) == 5 + 2  # every instruction, then the responses of the rows still kept
-
-
-def test_judge_can_keep_unparsable_verdicts_and_still_counts_them():
-    data = rows("RAMBLE task.", "Task two.")
-    config = settings(judge={"keep_unparsable": True})
-    kept, [report] = apply_filters(data, config, [], judge=scripted_judge([]))
-    assert kept == data
-    assert report.removed == 0 and report.kept_flagged == {"judge_unparsable": 1}
-
-
-def test_judge_real_model_path(tiny_model_dir):
-    """The transformers path end to end on a tiny random model: its verdicts are noise, so unparsable."""
-    judge = HFJudge.from_pretrained(str(tiny_model_dir), max_new_tokens=3)
-    replies = judge([[{"role": "user", "content": "rate this"}], [{"role": "user", "content": "and this one too"}]])
-    assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
-    kept, [report] = apply_filters(
-        rows("Write a function to sum a list."),
-        settings(judge={"max_new_tokens": 3}),
-        [],
-        base_model=str(tiny_model_dir),
-    )
-    assert kept == [] and report.reasons == {"judge_unparsable": 1}
 
 
 # ----- order and configuration -----

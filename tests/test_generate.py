@@ -75,6 +75,15 @@ def test_sample_seed_is_stable_and_distinct():
     assert len({sample_seed(s, i) for s in range(3) for i in range(100)}) == 300
 
 
-def test_auto_batch_size_is_bounded(tiny_llama):
-    assert 1 <= auto_batch_size(tiny_llama, prefix_len=256, max_new_tokens=512) <= 128
-    assert auto_batch_size(tiny_llama, 256, 512, limit=7) <= 7
+def test_auto_batch_size_fills_half_the_free_memory(tiny_llama, monkeypatch):
+    from types import SimpleNamespace
+
+    import psutil
+
+    # Per sequence: the key/value cache for 256 + 512 positions (2 layers x K and V x 2 heads x 8 dims x 4 bytes),
+    # twice (cat() copies while it grows), plus 4 float32 vocabulary rows of logits.
+    per_sequence = 2 * (2 * 2 * 2 * 8 * (256 + 512) * 4) + 4 * 97 * 4
+    for available, expected in ((20 * per_sequence + 7, 10), (per_sequence, 1), (10**15, 128)):
+        monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=available))
+        assert auto_batch_size(tiny_llama, prefix_len=256, max_new_tokens=512) == expected
+    assert auto_batch_size(tiny_llama, 256, 512, limit=7) == 7

@@ -11,15 +11,15 @@ import pytest
 from axolotl.utils.dict import DictDefault
 
 from axolotl_domino.args import DominoConfig
+from axolotl_domino.files import DataFileError
+from axolotl_domino.launch import StageError, lock_output_dir, stage_env
+from axolotl_domino.layout import Layout
 from axolotl_domino.pipeline import (
-    LOCK_HELD_ENV,
     SYNTHETIC,
-    StageError,
     _usable_checkpoints,
     induction_config,
     induction_key,
-    lock_output_dir,
-    stage_env,
+    preflight,
     use_synthetic_dataset,
 )
 from axolotl_domino.synthesize import SynthesisResult
@@ -43,26 +43,26 @@ def test_stage_env_drops_the_outer_launch(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what accelerate launch sets in the outer run
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     env = stage_env(2, LOCAL_RANK="1")
-    assert env["LOCAL_RANK"] == "1" and env["CUDA_VISIBLE_DEVICES"] == "0,1" and env[LOCK_HELD_ENV] == "1"
+    assert env["LOCAL_RANK"] == "1" and env["CUDA_VISIBLE_DEVICES"] == "0,1"
     assert env["OMP_NUM_THREADS"] == "4"  # the node's cores shared by the stage's 2 processes
     assert not {"RANK", "WORLD_SIZE", "MASTER_PORT", "ACCELERATE_USE_DEEPSPEED", "TORCHELASTIC_RUN_ID"} & set(env)
 
 
-def test_second_run_on_the_same_output_dir_is_refused(tmp_path, monkeypatch):
-    monkeypatch.delenv(LOCK_HELD_ENV, raising=False)
+def test_second_run_on_the_same_output_dir_is_refused(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from axolotl_domino.pipeline import lock_output_dir; "
-         f"lock_output_dir({str(tmp_path)!r}); print('held', flush=True); time.sleep(60)"],
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from axolotl_domino.launch import "
+         f"lock_output_dir; from axolotl_domino.layout import Layout; lock_output_dir(Layout(Path({str(tmp_path)!r}))); "
+         "print('held', flush=True); time.sleep(60)"],
         cwd=REPO, stdout=subprocess.PIPE, text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(StageError, match=rf"is in use by another run \(pid {holder.pid} on"):
-            lock_output_dir(tmp_path)
+            lock_output_dir(Layout(tmp_path))
     finally:
         holder.kill()
         holder.wait()
-    lock_output_dir(tmp_path)  # the OS released the dead holder's lock
+    lock_output_dir(Layout(tmp_path))  # the OS released the dead holder's lock
 
 
 def test_synthetic_dataset_replaces_the_marker_or_is_appended(tmp_path):
@@ -113,8 +113,8 @@ def test_induction_key_follows_content_and_settings_not_the_path(tmp_path):
     assert induction_key(domino, induction_config(domino, "model", {})) != key
 
 
-def _checkpoint(adapter: Path, step: int, state: str | None) -> Path:
-    folder = adapter / f"checkpoint-{step}"
+def _checkpoint(layout: Layout, step: int, state: str | None) -> Path:
+    folder = layout.adapter / f"checkpoint-{step}"
     folder.mkdir(parents=True)
     (folder / "adapter_model.safetensors").write_bytes(b"x")
     if state is not None:
@@ -123,14 +123,14 @@ def _checkpoint(adapter: Path, step: int, state: str | None) -> Path:
 
 
 def test_resume_uses_only_complete_checkpoints_of_the_same_inputs(tmp_path):
-    adapter = tmp_path / "adapter"
-    complete = _checkpoint(adapter, 4, '{"global_step": 4}')
-    _checkpoint(adapter, 6, None)  # killed before the Trainer wrote its state
-    _checkpoint(adapter, 8, '{"global_st')  # killed while writing it
-    assert _usable_checkpoints(adapter, "key-a") == [complete]
-    assert sorted(p.name for p in adapter.glob("checkpoint-*")) == ["checkpoint-4"]
-    assert _usable_checkpoints(adapter, "key-a") == [complete]  # same inputs: kept
-    assert _usable_checkpoints(adapter, "key-b") == [] and not list(adapter.glob("checkpoint-*"))  # inputs changed
+    layout = Layout(tmp_path)
+    complete = _checkpoint(layout, 4, '{"global_step": 4}')
+    _checkpoint(layout, 6, None)  # killed before the Trainer wrote its state
+    _checkpoint(layout, 8, '{"global_st')  # killed while writing it
+    assert _usable_checkpoints(layout, "key-a") == [complete]
+    assert sorted(p.name for p in layout.adapter.glob("checkpoint-*")) == ["checkpoint-4"]
+    assert _usable_checkpoints(layout, "key-a") == [complete]  # same inputs: kept
+    assert _usable_checkpoints(layout, "key-b") == [] and not list(layout.adapter.glob("checkpoint-*"))  # inputs changed
 
 
 def test_induction_config_is_an_axolotl_domino_prompt_run(tmp_path):
@@ -143,9 +143,6 @@ def test_induction_config_is_an_axolotl_domino_prompt_run(tmp_path):
 
 
 def test_preflight_names_the_key_and_the_fix(tmp_path, tiny_model_dir):
-    from axolotl_domino.pipeline import preflight
-    from axolotl_domino.references import ReferenceError
-
     def config(k: int = 4, **update) -> DominoConfig:
         domino = _domino(tmp_path, num_domain_tokens=k, num_sample_tokens=k)
         domino.references.max_tokens = 64
@@ -159,5 +156,5 @@ def test_preflight_names_the_key_and_the_fix(tmp_path, tiny_model_dir):
     with pytest.raises(StageError, match="domino.output_dir: cannot write"):
         preflight(config(output_dir=str(tmp_path / "refs.jsonl" / "out")), str(tiny_model_dir))  # under a file
     (tmp_path / "refs.jsonl").write_text('{"text": "only one"}\n')
-    with pytest.raises(ReferenceError, match="at least 2"):
+    with pytest.raises(DataFileError, match="at least 2"):
         preflight(config(), str(tiny_model_dir))

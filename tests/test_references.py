@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from axolotl_domino.references import ReferenceError, read_references, reference_token_ids, sample_text, write_indexed
+from axolotl_domino.files import DataFileError
+from axolotl_domino.layout import Layout
+from axolotl_domino.references import read_references, reference_token_ids, sample_text, write_indexed
 
 
 def _write(tmp_path, content: bytes | str):
@@ -36,18 +38,18 @@ def test_reads_texts_in_order_and_drops_duplicates(tmp_path, caplog):
     ],
 )
 def test_bad_files_name_the_line(tmp_path, content, match):
-    with pytest.raises(ReferenceError, match=match):
+    with pytest.raises(DataFileError, match=match):
         read_references(_write(tmp_path, content))
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(ReferenceError, match="does not exist"):
+    with pytest.raises(DataFileError, match="does not exist"):
         read_references(tmp_path / "none.jsonl")
 
 
 def test_fewer_than_two_references_for_the_contrastive_term(tmp_path):
     path = _write(tmp_path, '{"text": "only one"}\n{"text": "only one"}\n')
-    with pytest.raises(ReferenceError, match="1 distinct reference.*num_sample_tokens: 0"):
+    with pytest.raises(DataFileError, match="1 distinct reference.*num_sample_tokens: 0"):
         read_references(path, min_count=2)
     assert read_references(path, min_count=1).texts == ["only one"]
 
@@ -88,13 +90,13 @@ def test_sample_text_inverts_the_chat_turn():
 def test_chat_format_needs_a_template():
     tok = _Tokenizer()
     tok.chat_template = None
-    with pytest.raises(ReferenceError, match="format: chat needs a tokenizer with a chat template"):
+    with pytest.raises(ValueError, match="format: chat needs a tokenizer with a chat template"):
         reference_token_ids("hi", tok, "chat", "user", 10)
 
 
 def test_indexed_file_is_content_addressed(tmp_path):
     refs = read_references(_write(tmp_path, '{"text": "a"}\n{"text": "b"}\n'))
-    path = write_indexed(refs, tmp_path / "out")
+    path = write_indexed(refs, Layout(tmp_path / "out"))
     assert refs.sha256[:16] in path.name
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert rows == [{"text": "a", "ref_index": 0}, {"text": "b", "ref_index": 1}]

@@ -5,21 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from axolotl_domino.args import DominoConfig, InductionConfig
+from axolotl_domino.files import read_jsonl
 from axolotl_domino.induce import DominoPromptModel
-from axolotl_domino.shards import read_jsonl
+from axolotl_domino.layout import MANIFEST_FILE
 from axolotl_domino.synthesize import synthesize
-from axolotl_domino.write import MANIFEST_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,14 +113,29 @@ def test_unfinished_responses_are_dropped_unless_kept_without_generating_again(t
 
 
 SCRIPT = """
-import json, sys
+import json, os, signal, sys
 import torch.distributed as dist
+from axolotl_domino import files, synthesize as stage
 from axolotl_domino.args import DominoConfig
-from axolotl_domino.synthesize import synthesize
-config, model = json.loads(sys.argv[1]), sys.argv[2]
-if int(sys.argv[4]) > 1:
+config, model, world, kill = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[4]), sys.argv[5]
+if kill:  # "<n>:before" or "<n>:after": kill -9 at this run's n-th sample shard, before or after its rename
+    n, when = int(kill.split(":")[0]), kill.split(":")[1]
+    shards = []
+
+    def write_atomic(path, data):
+        if path.name.startswith("samples-"):
+            shards.append(path)
+        if len(shards) == n and path == shards[-1] and when == "before":  # a torn temporary file, never renamed
+            path.with_name(f".{path.name}.tmp-{os.getpid()}").write_bytes(data[: len(data) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+        files.write_atomic(path, data)
+        if len(shards) == n and path == shards[-1]:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    stage.write_atomic = write_atomic
+if world > 1:
     dist.init_process_group("gloo")  # rank and world size come from the process group
-synthesize(DominoConfig.model_validate(config), model)
+stage.synthesize(DominoConfig.model_validate(config), model)
 if dist.is_initialized():
     dist.barrier()
     dist.destroy_process_group()
@@ -138,11 +150,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run(config: dict, model: Path, rank: int = 0, world: int = 1, port: int = 0) -> subprocess.Popen:
+def _run(config: dict, model: Path, rank: int = 0, world: int = 1, port: int = 0, kill: str = "") -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RANK": str(rank), "WORLD_SIZE": str(world)}
     env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "LOCAL_RANK": "0"})
     return subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, json.dumps(config), str(model), str(rank), str(world)],
+        [sys.executable, "-c", SCRIPT, json.dumps(config), str(model), str(rank), str(world), kill],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
 
@@ -154,21 +166,15 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_dataset(tiny_model_dir, adapt
     )
     config = _config(tmp_path / "b", adapter, synthesis=settings)
     samples = Path(config["output_dir"]) / "synthesis"
-    seed = os.getpid()
-    rng = random.Random(seed)
-    for low, high in ((1, 8), (9, 16)):  # two kills, each after a random shard count and a random delay
-        proc = _run(config, tiny_model_dir)
-        target, deadline = rng.randint(low, high), time.monotonic() + 120
-        while len(list(samples.glob("*/samples/samples-*.jsonl"))) < target and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0, 0.2))
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    # Killed right after its 3rd shard was renamed into place, then (resumed) while its 4th was half written.
+    for kill, complete in (("3:after", 3), ("4:before", 6)):
+        proc = _run(config, tiny_model_dir, kill=kill)
+        assert proc.wait(timeout=300) == -9, proc.stderr.read().decode()[-3000:]
         written = sorted(samples.glob("*/samples/samples-*.jsonl"))
-        assert target <= len(written) < 24, f"the kill should land mid-run (seed {seed})"
-        assert not list(samples.glob("*/" + MANIFEST_FILE))
+        assert len(written) == complete and not list(samples.glob("*/" + MANIFEST_FILE))
         for shard in written:  # whatever sits under a final name is complete
-            assert len(read_jsonl(shard)) == 2, f"seed {seed}"
+            assert len(read_jsonl(shard)) == 2
+    assert len(list(samples.glob("*/samples/.samples-000006.jsonl.tmp-*"))) == 1  # the torn write
 
     resumed = synthesize(DominoConfig.model_validate(config), str(tiny_model_dir), rank=0, world_size=1)
     indices = [row["index"] for shard in sorted(samples.glob("*/samples/samples-*.jsonl")) for row in read_jsonl(shard)]
@@ -196,7 +202,7 @@ def test_two_gloo_ranks_merge_to_the_single_rank_dataset(tiny_model_dir, adapter
 def test_disk_full_fails_cleanly_and_the_rerun_recovers(tiny_model_dir, adapter, tmp_path, monkeypatch):
     import errno
 
-    import axolotl_domino.shards as shards
+    import axolotl_domino.files as files
 
     settings = {"num_samples": 8, "shard_size": 2, "keep_unfinished": True}
     reference = synthesize(DominoConfig.model_validate(_config(tmp_path / "a", adapter, synthesis=settings)), str(tiny_model_dir), 0, 1)
@@ -209,10 +215,10 @@ def test_disk_full_fails_cleanly_and_the_rerun_recovers(tiny_model_dir, adapter,
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(shards.os, "fsync", fsync_fails_on_the_third_file)
+    monkeypatch.setattr(files.os, "fsync", fsync_fails_on_the_third_file)
     with pytest.raises(OSError, match="No space left"):
         synthesize(config, str(tiny_model_dir), 0, 1)
-    monkeypatch.setattr(shards.os, "fsync", real_fsync)
+    monkeypatch.setattr(files.os, "fsync", real_fsync)
     folder = tmp_path / "b" / "domino" / "synthesis"
     assert len(list(folder.glob("*/samples/samples-*.jsonl"))) == 2  # the failed shard is not under its name
     assert not list(folder.glob("**/.*.tmp-*"))  # and its temporary file is gone

