@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from axolotl_domino.loss import domino_loss
 from axolotl_domino.references import reference_token_ids
-from axolotl_domino.trainer import pad_right
+from axolotl_domino.hf import pad_right
 
 
 def parse_args() -> argparse.Namespace:

@@ -60,6 +60,10 @@ losses, timings), base/ and <condition>-seed<s>/ (synthetic.jsonl, scorecard.jso
 induced conditions the YAML, the CLI logs and the stages' outputs under domino/), summary.md (mean
 +- std over seeds). The last line printed is `RESULT {json}` with the per-condition means.
 
+Code: this file is the command line (settings, one run, resume); its parts are in `bench/quality/`:
+`mbpp.py` (the data), `conditions.py` (how each condition gets its texts), `downstream.py` (LoRA
+fine-tune, held-out perplexity, Pass@1) and `report.py` (key metrics, mean and spread, summary.md).
+
 Run from the repository root: `.venv/bin/python bench/quality_repro.py --out outputs/quality`.
 `--quick` is a tiny configuration (1 seed, 8 samples, 8 references, 1 epoch, lambda 1.0) to check
 that the script works; numbers from it mean nothing. It took 10 min on the 2-core machine while other
@@ -71,86 +75,29 @@ seed, N = 32) and 44 min for 7 runs (SmolLM2, N = 64).
 from __future__ import annotations
 
 import argparse
-import ast
 import json
-import math
-import os
-import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import yaml
 from tqdm.auto import tqdm
 
-from axolotl_domino.args import (
-    ExecutionFilterConfig,
-    ResponsesConfig,
-    ScoreConfig,
-    SynthesisConfig,
-)
-from axolotl_domino.embed import Embedder, load_embedder
-from axolotl_domino.filters import execution_reasons
-from axolotl_domino.generate import PrefixSampler
-from axolotl_domino.models import EMBEDDED_MODELS, prepare_model
-from axolotl_domino.references import chat_turn_header, sample_text
-from axolotl_domino.respond import Responder
+from axolotl_domino.args import ScoreConfig
+from axolotl_domino.embedded import EMBEDDED_MODELS, prepare_model
+from axolotl_domino.files import read_jsonl
 from axolotl_domino.score import run_scorecard
-from axolotl_domino.shards import read_jsonl
-from axolotl_domino.trainer import pad_right
+from axolotl_domino.score.embedder import Embedder, load_embedder
+from quality.conditions import few_shot_samples, induced_samples
+from quality.downstream import answer_all, chat_rows, downstream, fine_tune, load_base, problem_turns, user_turns
+from quality.mbpp import REPO, TRAIN_REFERENCES, fenced, mbpp_test_problems, write_texts
+from quality.report import COLUMNS, aggregate, key_metrics, summary
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = "smollm2-135m-instruct"
-MBPP = REPO / "data" / "mbpp" / "mbpp.jsonl"
-TRAIN_REFERENCES = REPO / "data" / "mbpp" / "references_train100.jsonl"
-TEST_TASK_IDS = (11, 510)  # MBPP's standard test split
-
-SAMPLING = {"temperature": 1.0, "top_p": 0.95, "max_new_tokens": 64, "keep_unfinished": True, "batch_size": 32}
-INDUCTION = {"num_domain_tokens": 8, "micro_batch_size": 4, "negatives": "in_batch", "likelihood": "length_normalized"}
-NUM_SAMPLE_TOKENS = 8
-REFERENCE_MAX_TOKENS = 96
-FEW_SHOT_EXAMPLES = 5
-SFT_SEED, SFT_BATCH, SFT_MAX_TOKENS = 0, 4, 128  # SFT_MAX_TOKENS: per turn (statements); responses get theirs
-# --solutions: every problem statement is answered by the base model under this system turn, greedily; the
-# same system turn frames the SFT rows, the held-out perplexities and the Pass@1 prompts.
-CODE_SYSTEM = (
-    "You are an expert Python programmer. Answer with one ```python code block that defines the requested "
-    "function, and nothing else."
-)
-PASS_PROMPT = "{text}\nYour code should pass these tests:\n{tests}"  # MBPP's usual prompt, tests shown
-LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 FULL = {"seeds": [0, 1], "num_samples": 64, "num_references": 32, "lambdas": [0.1, 1.0], "epochs": 4.0, "num_eval": 100}
 QUICK = {"seeds": [0], "num_samples": 8, "num_references": 8, "lambdas": [1.0], "epochs": 1.0, "num_eval": 20}
-
-# Summary columns: (results key, header, digits). Arrows say which way is better.
-COLUMNS = [
-    ("distinct_2", "distinct-2 ↑", 3),
-    ("self_bleu", "self-BLEU ↓", 3),
-    ("vendi", "Vendi ↑", 2),
-    ("mean_pairwise_cosine", "pairwise cos ↓", 3),
-    ("nearest_ref_cosine_mean", "nearest-ref cos ↓", 3),
-    ("share_above_threshold", "share > 0.9 ↓", 3),
-    ("mmd", "MMD ↓", 3),
-    ("frechet", "Fréchet ↓", 3),
-    ("classifier_auc", "AUC (0.5 best)", 3),
-    ("heldout_ppl", "held-out ppl ↓", 2),
-    ("solution_ppl", "solution ppl ↓", 2),
-    ("pass_at_1", "Pass@1 ↑", 3),
-]
-TRAINING_COLUMNS = [
-    ("induction_l1_first", "induction L1 first", 3),
-    ("induction_l1_last", "induction L1 last", 3),
-    ("induction_l2_last", "induction L2 last", 3),
-    ("induction_accuracy_last", "contrastive acc. last", 2),
-    ("sft_loss_first", "SFT loss first", 3),
-    ("sft_loss_last", "SFT loss last", 3),
-    ("responses_unfinished", "answers unfinished", 2),
-]
 
 
 def parse_args() -> argparse.Namespace:
@@ -185,26 +132,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-# --- data ------------------------------------------------------------------------------------
-
-
-def mbpp_test_problems() -> list[dict[str, Any]]:
-    """MBPP's test split (text, code, tests), in task_id order."""
-    rows = [json.loads(line) for line in MBPP.read_text().splitlines() if line.strip()]
-    return sorted((r for r in rows if TEST_TASK_IDS[0] <= r["task_id"] <= TEST_TASK_IDS[1]), key=lambda r: r["task_id"])
-
-
-def fenced(code: str) -> str:
-    """A gold MBPP solution in the shape the system turn asks for (MBPP's code has Windows line ends)."""
-    return "```python\n" + code.replace("\r\n", "\n").strip() + "\n```"
-
-
-def write_texts(path: Path, texts: list[str]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
-    return path
-
-
 class CachedEmbedder:
     """The scorecard's embedder, remembering every text: the references and the 500 held-out statements
     are scored in every run and would otherwise be embedded again each time."""
@@ -217,262 +144,6 @@ class CachedEmbedder:
         if missing:
             self._cache.update(zip(missing, self.inner.encode(missing, batch_size)))
         return np.stack([self._cache[text] for text in texts]) if texts else self.inner.encode(texts, batch_size)
-
-
-# --- conditions ------------------------------------------------------------------------------
-
-
-def axolotl(args: list[str], log: Path) -> str:
-    """Run the real `axolotl` CLI as a user would and return the last stdout line (the stage's output path).
-
-    Its stderr (logs, progress bars) goes to `log` as it runs, so a long stage can be followed with `tail -f`.
-    """
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-    }
-    with log.open("w") as handle:
-        handle.write(f"$ axolotl {' '.join(args)}\n")
-        handle.flush()
-        proc = subprocess.run(["axolotl", *args], check=False, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=handle, text=True)
-        handle.write(f"--- stdout\n{proc.stdout}")
-    if proc.returncode != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
-        sys.exit(f"axolotl {' '.join(args)} failed (exit {proc.returncode}); log: {log}\n{tail}")
-    return proc.stdout.strip().splitlines()[-1]
-
-
-def induction_losses(domino_dir: Path) -> dict[str, float]:
-    """First and last logged L1, last L2 and contrastive accuracy (absent with L1 only), from the induction
-    child's log, which the stage keeps (a rerun that skips the up-to-date stage logs nothing new)."""
-    logs = sorted((domino_dir / "induction").glob("induce-*.log"), key=lambda path: path.stat().st_mtime)
-    lines = logs[-1].read_text().splitlines() if logs else []
-    logged = [ast.literal_eval(line[line.index("{"):]) for line in lines if "'domino/l1'" in line]
-    if not logged:
-        return {}
-    first, last = logged[0], logged[-1]
-    out = {"induction_l1_first": float(first["domino/l1"]), "induction_l1_last": float(last["domino/l1"])}
-    if "domino/l2" in last:
-        out["induction_l2_last"] = float(last["domino/l2"])
-        out["induction_accuracy_last"] = float(last["domino/contrastive_accuracy"])
-    return out
-
-
-def induced_samples(run: Path, model_dir: Path, references: Path, seed: int, args: argparse.Namespace,
-                    contrastive_weight: float | None) -> tuple[list[str], dict[str, Any]]:
-    """Induce D* and sample N statements from it through the CLI; `contrastive_weight=None` is L1 only."""
-    induction = {
-        **INDUCTION, "seed": seed, "num_epochs": args.epochs, "learning_rate": args.induction_lr,
-        "axolotl": {"logging_steps": 1},
-    }
-    if contrastive_weight is None:
-        induction.update(l1_only=True, num_sample_tokens=0)
-    else:
-        induction.update(num_sample_tokens=NUM_SAMPLE_TOKENS, contrastive_weight=contrastive_weight)
-    config = {
-        "base_model": str(model_dir),
-        "plugins": ["axolotl_domino.DominoPlugin"],
-        "domino": {
-            "output_dir": str(run / "domino"),
-            "references": {"path": str(references), "field": "text", "max_tokens": REFERENCE_MAX_TOKENS},
-            "induction": induction,
-            "synthesis": {**SAMPLING, "num_samples": args.num_samples, "seed": seed},
-            "dataset": {"format": "completion"},
-            "score": {"enabled": False},  # scored in this process, like every other condition
-        },
-        # The CLI reads the file as `axolotl train` does, so it must be a complete Axolotl config; these
-        # SFT keys are otherwise unused (the fine-tune runs in this process).
-        "sequence_len": 256,
-        "sample_packing": False,
-        "val_set_size": 0,
-        "adapter": "lora",
-        "lora_r": LORA["r"],
-        "lora_alpha": LORA["lora_alpha"],
-        "lora_target_modules": LORA["target_modules"],
-        "micro_batch_size": SFT_BATCH,
-        "num_epochs": 1,
-        "learning_rate": args.sft_lr,
-        "optimizer": "adamw_torch",
-        "save_strategy": "no",
-        "output_dir": str(run / "domino" / "sft_unused"),
-        "dataset_prepared_path": str(run / "domino" / "sft_unused" / "prepared"),
-    }
-    yaml_path = run / "domino.yaml"
-    yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    started = time.perf_counter()
-    axolotl(["domino", "induce", str(yaml_path)], run / "induce.log")
-    induced = time.perf_counter()
-    dataset = Path(axolotl(["domino", "synthesize", str(yaml_path)], run / "synthesize.log"))
-    info = {
-        "induce_s": induced - started,
-        "synthesize_s": time.perf_counter() - induced,
-        **induction_losses(run / "domino"),
-    }
-    return [row["text"] for row in read_jsonl(dataset)], info
-
-
-def few_shot_samples(model, tokenizer, references: list[str], seed: int, num_samples: int) -> list[str]:
-    """MAGPIE-style few-shot: the embeddings of a chat prompt showing 5 references as the prefix."""
-    examples = random.Random(seed).sample(references, min(FEW_SHOT_EXAMPLES, len(references)))
-    request = (
-        "Here are some example tasks:\n\n" + "\n\n".join(examples)
-        + "\n\nWrite one new task like these. Reply with the task only."
-    )
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": request}], tokenize=False, add_generation_prompt=True)
-    ids = torch.tensor(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    with torch.no_grad():
-        prefix = model.get_input_embeddings()(ids)
-    settings = SynthesisConfig(**SAMPLING, num_samples=num_samples, seed=seed)
-    sampler = PrefixSampler(model, tokenizer, prefix, settings, settings.stop)
-    with tqdm(total=num_samples, desc="few-shot sampling", unit="sample", leave=False) as progress:
-        samples = list(sampler.sample_many(list(range(num_samples)), progress))
-    texts = [sample_text(s.token_ids, tokenizer, "text", "user") for s in samples]
-    return [text for text in texts if text]  # empty samples are dropped, as the synthesis stage does
-
-
-# --- downstream: LoRA fine-tune, held-out perplexity -------------------------------------------
-
-
-def chat_rows(tokenizer, conversations: list[list[tuple[str, str]]], targets: set[str]) -> list[tuple[list[int], list[int]]]:
-    """(input ids, labels) of each conversation in ChatML turns; the content and closing EOS of the turns whose
-    role is in `targets` are the labels, everything else (headers, other turns, newlines) is context."""
-    eos, newline = tokenizer.eos_token_id, tokenizer("\n", add_special_tokens=False)["input_ids"]
-    headers = {role: tokenizer(chat_turn_header(tokenizer, role), add_special_tokens=False)["input_ids"]
-               for role in {role for turns in conversations for role, _ in turns}}
-    rows = []
-    for turns in conversations:
-        ids, labels = [], []
-        for i, (role, text) in enumerate(turns):
-            cap = SFT_MAX_TOKENS if role != "assistant" else 2 * SFT_MAX_TOKENS
-            body = tokenizer(text, add_special_tokens=False)["input_ids"][:cap] + [eos]
-            gap = newline if i < len(turns) - 1 else []
-            ids += headers[role] + body + gap
-            labels += [-100] * len(headers[role]) + (body if role in targets else [-100] * len(body)) + [-100] * len(gap)
-        rows.append((ids, labels))
-    return rows
-
-
-def user_turns(tokenizer, texts: list[str]) -> list[tuple[list[int], list[int]]]:
-    """Each text as one user turn, the text and its closing EOS as targets (statement-only mode)."""
-    return chat_rows(tokenizer, [[("user", text)] for text in texts], {"user"})
-
-
-def problem_turns(statements: list[str], solutions: list[str] | None = None) -> list[list[tuple[str, str]]]:
-    """--solutions conversations: the code system turn, the statement, and the solution when given."""
-    answers = solutions or [None] * len(statements)
-    return [[("system", CODE_SYSTEM), ("user", statement)] + ([("assistant", answer)] if answer is not None else [])
-            for statement, answer in zip(statements, answers)]
-
-
-def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    ids, mask = pad_right([ids for ids, _ in rows], pad_id)
-    labels, _ = pad_right([labels for _, labels in rows], -100)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-@torch.no_grad()
-def heldout_nll(model, rows: list[tuple[list[int], list[int]]], pad_id: int, name: str = "heldout",
-                batch_size: int = 16) -> dict[str, float]:
-    """Token-level mean NLL (nats) and perplexity over all target tokens of `rows`, keys prefixed by `name`."""
-    total, count = 0.0, 0
-    for start in range(0, len(rows), batch_size):
-        batch = collate(rows[start : start + batch_size], pad_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-        targets = batch["labels"][:, 1:]
-        total += torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="sum").item()
-        count += int((targets != -100).sum())
-    return {f"{name}_nll": total / count, f"{name}_ppl": math.exp(total / count), f"{name}_tokens": count}
-
-
-def answer_all(model, tokenizer, instructions: list[str], args: argparse.Namespace, desc: str) -> list[tuple[str, bool]]:
-    """(answer, finished) per instruction from the package's Responder: greedy, under the code system turn."""
-    settings = ResponsesConfig(enabled=True, system_prompt=CODE_SYSTEM, max_new_tokens=args.response_tokens,
-                               batch_size=args.response_batch)
-    responder, answers, size = Responder(model, tokenizer, settings), [], args.response_batch
-    for start in tqdm(range(0, len(instructions), size), desc=desc, unit="batch", leave=False):
-        answers += responder.answer(instructions[start : start + size], seed=0)
-    return answers
-
-
-def pass_at_1(model, tokenizer, problems: list[dict[str, Any]], args: argparse.Namespace, run: Path) -> dict[str, Any]:
-    """Greedy Pass@1: the first ```python block of each answer, run with the problem's asserts in the sandbox
-    (the package's execution filter); an answer without a code block fails. Answers go to pass_at_1.jsonl."""
-    prompts = [PASS_PROMPT.format(text=p["text"], tests="\n".join(p["test_list"])) for p in problems]
-    answers = answer_all(model, tokenizer, prompts, args, "Pass@1 answers")
-    rows = [{"response": answer, "tests": [p["test_setup_code"]] * bool(p["test_setup_code"]) + p["test_list"]}
-            for (answer, _), p in zip(answers, problems)]
-    reasons = execution_reasons(rows, ExecutionFilterConfig(enabled=True, tests_field="tests"))
-    with (run / "pass_at_1.jsonl").open("w") as f:
-        for p, (answer, finished), reason in zip(problems, answers, reasons):
-            f.write(json.dumps({"task_id": p["task_id"], "answer": answer, "finished": finished,
-                                "result": reason or "passed"}) + "\n")
-    counts = {reason or "passed": reasons.count(reason) for reason in dict.fromkeys(reasons)}
-    return {"pass_at_1": counts.get("passed", 0) / len(problems), "pass_results": counts}
-
-
-def downstream(model, ctx: dict[str, Any], args: argparse.Namespace, run: Path) -> dict[str, Any]:
-    """Held-out statement perplexity; with --solutions also solution perplexity and Pass@1."""
-    out = heldout_nll(model, ctx["eval_rows"], ctx["pad_id"])
-    if args.solutions:
-        out |= heldout_nll(model, ctx["solution_rows"], ctx["pad_id"], "solution")
-        out |= pass_at_1(model, ctx["tokenizer"], ctx["pass_problems"], args, run)
-    return out
-
-
-def load_base(model_dir: Path):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-
-
-def fine_tune(model_dir: Path, rows: list[tuple[list[int], list[int]]], pad_id: int, lr: float):
-    """LoRA on a fresh copy of the base model, one epoch over `rows`; returns the model and the step losses."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(SFT_SEED)  # same LoRA initialisation in every run
-    model = get_peft_model(load_base(model_dir), LoraConfig(task_type="CAUSAL_LM", **LORA)).train()
-    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(SFT_SEED)).tolist()
-    steps = math.ceil(len(rows) / SFT_BATCH)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
-    losses = []
-    for step in tqdm(range(steps), desc="LoRA fine-tune", unit="step", leave=False):
-        loss = model(**collate([rows[i] for i in order[step * SFT_BATCH : (step + 1) * SFT_BATCH]], pad_id)).loss
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    return model.eval(), losses
-
-
-# --- one run ---------------------------------------------------------------------------------
-
-
-def key_metrics(card: dict[str, Any]) -> dict[str, Any]:
-    """The summary's metrics; diversity at matched size R (`synthetic_matched`) when the set is larger."""
-    diversity = card["diversity"].get("synthetic_matched") or card["diversity"]["synthetic"]
-    full = card["diversity"]["synthetic"]
-    memorization, fidelity = card["memorization"], card["fidelity"]
-    return {
-        "distinct_2": diversity["distinct_2"],
-        "self_bleu": diversity["self_bleu"],
-        "vendi": diversity["vendi_score"],
-        "mean_pairwise_cosine": diversity["mean_pairwise_cosine"],
-        "diversity_n": diversity["n"],
-        "full_distinct_2": full["distinct_2"],
-        "full_self_bleu": full["self_bleu"],
-        "full_vendi": full["vendi_score"],
-        "full_mean_pairwise_cosine": full["mean_pairwise_cosine"],
-        "duplicate_rate": full["duplicate_rate"],
-        "nearest_ref_cosine_mean": (memorization["nearest_reference_cosine"] or {}).get("mean"),
-        "share_above_threshold": memorization["share_above_threshold"],
-        "lcs_mean_chars": (memorization["longest_common_substring"] or {}).get("mean_chars"),
-        "mmd": fidelity["mmd"],
-        "frechet": fidelity["frechet_distance"],
-        "classifier_auc": fidelity["classifier_auc"],
-    }
 
 
 def evaluate(run: Path, texts: list[str], ctx: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -536,84 +207,6 @@ def run_one(condition: str, seed: int, ctx: dict[str, Any], args: argparse.Names
     row = {"condition": condition, "seed": seed, **info, **evaluate(run, texts, ctx, args)}
     row["total_s"] = time.perf_counter() - started
     return row
-
-
-# --- summary ---------------------------------------------------------------------------------
-
-
-def aggregate(rows: list[dict[str, Any]], keys: list[str]) -> dict[str, dict[str, dict[str, float]]]:
-    """condition -> metric -> {mean, std (sample std over seeds; 0 for one seed), n}."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for condition in dict.fromkeys(row["condition"] for row in rows):
-        out[condition] = {}
-        for key in keys:
-            values = [r[key] for r in rows if r["condition"] == condition and r.get(key) is not None]
-            if values:
-                std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-                out[condition][key] = {"mean": float(np.mean(values)), "std": std, "n": len(values)}
-    return out
-
-
-def table(stats: dict[str, dict[str, dict[str, float]]], columns: list[tuple[str, str, int]]) -> list[str]:
-    columns = [column for column in columns if any(column[0] in metrics for metrics in stats.values())]
-    lines = ["| condition | " + " | ".join(h for _, h, _ in columns) + " |",
-             "| --- |" + " ---: |" * len(columns)]
-    for condition, metrics in stats.items():
-        cells = []
-        for key, _, digits in columns:
-            m = metrics.get(key)
-            cells.append("" if m is None else f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f}")
-        if any(cells):
-            lines.append(f"| {condition} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def summary(rows: list[dict[str, Any]], args: argparse.Namespace, wall_s: float) -> str:
-    stats = aggregate(rows, [key for key, _, _ in COLUMNS + TRAINING_COLUMNS])
-    lines = [
-        (f"# DOMINO on MBPP problem statements{' and solutions' if args.solutions else ''}, small scale "
-        "(bench/quality_repro.py)"),
-        "",
-        (
-            f"{args.model}; N = {args.num_samples} samples per run, R = {args.num_references} references "
-            f"(first MBPP train statements); seeds {args.seeds}; induction k = l = {NUM_SAMPLE_TOKENS}, "
-            f"epochs {args.epochs:g}, micro-batch {INDUCTION['micro_batch_size']}, lr {args.induction_lr:g}, lambdas "
-            f"{args.lambdas}; sampling temperature {SAMPLING['temperature']}, top_p {SAMPLING['top_p']}, "
-            f"max_new_tokens {SAMPLING['max_new_tokens']}. LoRA SFT on N rows, lr {args.sft_lr:g}, "
-            f"{math.ceil(args.num_samples / SFT_BATCH)} steps; perplexity on MBPP test statements task_id "
-            f"{TEST_TASK_IDS[0]}..{TEST_TASK_IDS[0] + args.num_eval - 1}. Wall time {wall_s / 60:.1f} min."
-        ),
-        *([
-            "",
-            (
-                "--solutions: the base model answers every statement (greedy, at most "
-                f"{args.response_tokens} new tokens, system turn: \"{CODE_SYSTEM}\"); answers cut at that "
-                "limit are dropped (`answers unfinished`), the SFT trains on statement and answer of the rest. Solution ppl: the gold MBPP code, fenced as the system turn asks, after "
-                f"the statement. Pass@1: greedy answers to the first {args.num_pass} test problems (task_ids "
-                f"{TEST_TASK_IDS[0]}..{TEST_TASK_IDS[0] + args.num_pass - 1}, asserts shown in the prompt), the "
-                "first python block run with the asserts in the sandbox."
-            ),
-        ] if args.solutions else []),
-        "",
-        (
-            "Mean ± sample std over seeds. Diversity columns (distinct-2 to pairwise cos) at matched size R: a random "
-            "R-subset of each synthetic set (full-set values are in results.json). Memorisation against the R "
-            "references; fidelity (MMD, Fréchet, classifier AUC) against the MBPP test split statements (task_ids "
-            f"{TEST_TASK_IDS[0]}-{TEST_TASK_IDS[1]}). `references` is the real data: its memorisation is 1 by "
-            "construction and its fidelity is the floor to compare with. `references` and `base` do not depend on "
-            "the seed and run once (std 0)."
-        ),
-        "",
-        *table(stats, COLUMNS),
-        "",
-        "## Training",
-        "",
-        "Induction losses as logged by the Trainer (every step); SFT loss of the first and last step.",
-        "",
-        *table(stats, TRAINING_COLUMNS),
-        "",
-    ]
-    return "\n".join(lines)
 
 
 # Settings that do not change a (condition, seed) row: which rows a sweep plans, and where it writes.

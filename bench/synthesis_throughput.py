@@ -41,7 +41,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from axolotl_domino.args import SynthesisConfig
-from axolotl_domino.generate import PrefixSampler, Sample, stop_token_ids
+from axolotl_domino.generate import PrefixSampler, Sample
+from axolotl_domino.hf import stop_token_ids
 from axolotl_domino.induce import embedding_scale
 
 
