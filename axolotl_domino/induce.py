@@ -50,8 +50,8 @@ class SampleTokens(nn.Module):
 
     def forward(self, index: Tensor) -> Tensor:
         if self.rank is None:
-            return self.weight[index]
-        return self.private[index] @ self.shared
+            return self.weight.index_select(0, index)  # see loss._select: a deterministic backward on CPU
+        return self.private.index_select(0, index) @ self.shared
 
     def tensors(self) -> dict[str, Tensor]:
         """What `sample_tokens.safetensors` holds: the parameters as trained."""

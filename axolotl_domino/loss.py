@@ -69,9 +69,14 @@ def _run_prefix(model: PreTrainedModel, embeds: Tensor, past: _Prefix | None = N
 
 
 def _select(prefix: _Prefix, rows: Tensor) -> _Prefix:
-    """The prefix rows `rows` (repeats allowed), e.g. one copy of [D; S_i] per pair with anchor i."""
-    kv = [(keys[rows], values[rows]) for keys, values in prefix.kv]
-    return _Prefix(kv=kv, last_logits=prefix.last_logits[rows], length=prefix.length)
+    """The prefix rows `rows` (repeats allowed), e.g. one copy of [D; S_i] per pair with anchor i.
+
+    `index_select`, not `tensor[rows]`: the backward of indexing with repeated rows is an accumulating
+    `index_put_`, which on a multi-threaded CPU adds in a different order on every run (the same seed
+    then gave a different D* after a few steps); `index_select`'s backward (`index_add_`) does not.
+    """
+    kv = [(keys.index_select(0, rows), values.index_select(0, rows)) for keys, values in prefix.kv]
+    return _Prefix(kv=kv, last_logits=prefix.last_logits.index_select(0, rows), length=prefix.length)
 
 
 def _score_cached(model: PreTrainedModel, prefix: _Prefix, ids: Tensor, mask: Tensor, length_normalized: bool) -> Tensor:
@@ -150,7 +155,7 @@ def domino_loss(
         ds_prefix = _run_prefix(model, sample, past=_select(d_prefix, zeros))
         logp_pairs = _score_cached(model, _select(ds_prefix, anchor_of_pair), pair_ids, pair_mask, length_normalized)
     else:
-        ds_embeds = torch.cat([domain.expand(num_anchors, -1, -1), sample], dim=1)[anchor_of_pair]
+        ds_embeds = torch.cat([domain.expand(num_anchors, -1, -1), sample], dim=1).index_select(0, anchor_of_pair)
         logp_pairs = _score_full(model, ds_embeds, pair_ids, pair_mask, length_normalized)
     logp_pairs = logp_pairs.view(num_anchors, -1)  # [B, 1 + K]
     l2 = -(logp_pairs[:, 0] - torch.logsumexp(logp_pairs[:, 1:], dim=1)).mean()

@@ -101,3 +101,28 @@ def test_l2_by_hand(tiny_llama):
     torch.testing.assert_close(out.l2, expected.detach(), rtol=1e-5, atol=1e-5)
     acc = sum(bool(logp[i, i] > logp[i][torch.arange(3) != i].max()) for i in range(3)) / 3
     assert out.accuracy.item() == pytest.approx(acc)
+
+
+def test_gradients_are_the_same_on_every_run_with_several_cpu_threads():
+    """Same inputs, same D and S gradients, bit for bit, with 2 threads. Indexing the shared prefix with
+    repeated rows (`keys[rows]`) has an accumulating backward that adds in a thread-dependent order on CPU:
+    the same seed gave a different D* after a few steps. Sizes here are large enough for torch to split it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=97, hidden_size=256, intermediate_size=256, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=4, attn_implementation="sdpa")
+    model = LlamaForCausalLM(config).eval().requires_grad_(False)
+    ids, mask = _batch(4, max_len=16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(3):
+            domain, sample = _params(32, 32, 4, hidden=256)
+            domino_loss(model, domain, sample, ids, mask).loss.backward()
+            grads.append((domain.grad, sample.grad))
+    finally:
+        torch.set_num_threads(threads)
+    for domain_grad, sample_grad in grads[1:]:
+        assert torch.equal(domain_grad, grads[0][0]) and torch.equal(sample_grad, grads[0][1])
