@@ -219,7 +219,7 @@ def run_synthesis(domino: DominoConfig, base_model: str, launch: Launch, trust_r
 def run_pipeline(cfg: Any, launch: Launch | None = None) -> SynthesisResult:
     """Induction then synthesis for an Axolotl config; point its `datasets:` at the synthetic file."""
     launch = launch or Launch.from_env()
-    domino = DominoConfig.model_validate(dict(cfg.domino))
+    domino = DominoConfig.model_validate(dict(cfg.domino))  # Axolotl hands the block over as a dict
     base_model = str(cfg.base_model)
     preflight(domino, base_model, bool(cfg.trust_remote_code))
     if launch.rank == 0:

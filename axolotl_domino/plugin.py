@@ -14,7 +14,7 @@ from typing import Any
 
 from axolotl.integrations.base import AdapterCapabilities, BasePlugin
 
-from axolotl_domino.args import check_in_batch_negatives
+from axolotl_domino.args import DominoConfig, check_in_batch_negatives
 
 LOG = logging.getLogger("axolotl.integrations.domino")
 
@@ -63,10 +63,11 @@ class DominoPlugin(BasePlugin):
             cpu_device_map(cfg)
         if _inducing(cfg):
             from axolotl_domino.layout import Layout
-            from axolotl_domino.references import write_indexed
+            from axolotl_domino.references import load_references, write_indexed
 
             # Axolotl then loads, tokenizes (references.py strategy), caches and shards it as usual.
-            indexed = write_indexed(_references(cfg), Layout(Path(cfg.domino.output_dir)))
+            domino = _domino(cfg)
+            indexed = write_indexed(load_references(domino), Layout.of(domino))
             cfg.datasets[0]["path"] = str(indexed)
             LOG.info("domino: inducing the domain from %s", indexed)
         else:
@@ -84,22 +85,23 @@ class DominoPlugin(BasePlugin):
     def load_adapter(self, model, cfg, inference: bool = False, config_only: bool = False):
         if not _inducing(cfg):
             return None
-        from axolotl_domino.args import InductionConfig
         from axolotl_domino.induce import DominoPromptModel, prompt_tuning_config
 
-        settings = InductionConfig(**cfg.domino.induction)
+        domino = _domino(cfg)
         if config_only:
-            return None, prompt_tuning_config(settings, cfg.base_model)
+            return None, prompt_tuning_config(domino.induction, cfg.base_model)
         from axolotl.loaders import load_tokenizer
 
-        references = _references(cfg)
+        from axolotl_domino.references import load_references
+
+        references = load_references(domino)
         metadata = {
             "base_model": cfg.base_model,
             "references_path": str(references.path),
             "references_sha256": references.sha256,
-            "reference_format": cfg.domino.references.format,
+            "reference_format": domino.references.format,
         }
-        peft_model = DominoPromptModel(model, load_tokenizer(cfg), settings, len(references.texts), metadata)
+        peft_model = DominoPromptModel(model, load_tokenizer(cfg), domino.induction, len(references.texts), metadata)
         return peft_model, peft_model.peft_config[peft_model.active_adapter]
 
     def get_trainer_cls(self, cfg):
@@ -117,11 +119,9 @@ class DominoPlugin(BasePlugin):
         return DominoCollator, {}
 
 
-def _references(cfg: Any):
-    from axolotl_domino.args import DominoConfig
-    from axolotl_domino.references import load_references
-
-    return load_references(DominoConfig.model_validate(dict(cfg.domino)))
+def _domino(cfg: Any) -> DominoConfig:
+    """The validated `domino:` block as our model (Axolotl hands it over as a dict)."""
+    return DominoConfig.model_validate(dict(cfg.domino))
 
 
 def _resolve_deepspeed_name(cfg: dict[str, Any]) -> None:

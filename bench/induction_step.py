@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from axolotl_domino.loss import domino_loss
 from axolotl_domino.references import reference_token_ids
-from axolotl_domino.hf import pad_right
+from axolotl_domino.hf import pad_right, pad_token_id
 
 
 def parse_args() -> argparse.Namespace:
@@ -55,7 +55,7 @@ def load_batch(path: str, tokenizer: PreTrainedTokenizerBase, rows: int) -> tupl
     with open(path, encoding="utf-8") as handle:
         texts = [json.loads(line)["text"] for line, _ in zip(handle, range(rows))]
     ids = [reference_token_ids(text, tokenizer, "text", "user", 1024)[0] for text in texts]
-    return pad_right(ids, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    return pad_right(ids, pad_token_id(tokenizer))
 
 
 def step(model: PreTrainedModel, domain: Tensor, sample: Tensor, ids: Tensor, mask: Tensor,

@@ -42,7 +42,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from axolotl_domino.args import SynthesisConfig
 from axolotl_domino.generate import PrefixSampler, Sample
-from axolotl_domino.hf import stop_token_ids
+from axolotl_domino.hf import pad_token_id, stop_token_ids
 from axolotl_domino.induce import embedding_scale
 
 
@@ -126,7 +126,7 @@ def main() -> None:
     domain, source = domain_tokens(model, args)
     k = domain.shape[0]
     eos = sorted(stop_token_ids(model, tokenizer))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    pad = pad_token_id(tokenizer)
     settings = SynthesisConfig(
         temperature=args.temperature, top_p=args.top_p, top_k=0, repetition_penalty=1.0,
         max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
