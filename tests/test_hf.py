@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from axolotl_domino.hf import ChatGenerator, Reply, pad_right, pad_token_id
-from conftest import build_scripted_chat_model_dir
+from tiny_models import build_scripted_chat_model_dir
 
 REPLY = ['{"rating":', '"good",', '"reason":', '"scripted"}']
 

@@ -6,7 +6,7 @@ import json
 
 from axolotl_domino.filters import apply_filters
 from axolotl_domino.judge import parse_verdict
-from conftest import build_scripted_chat_model_dir
+from tiny_models import build_scripted_chat_model_dir
 from test_filters import rows, settings
 
 
