@@ -107,7 +107,8 @@ class ChatGenerator:
             prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
         ).to(self.model.device)
         sampling = temperature > 0
-        torch.manual_seed(seed)
+        if sampling:  # greedy replies need no seed; the judge's must not reset the global generator
+            torch.manual_seed(seed)
         out = self.model.generate(
             **batch,
             max_new_tokens=max_new_tokens,
