@@ -103,6 +103,38 @@ class InductionConfig(_Block):
         default=False,
         description="Train D with L1 alone (the plain prompt-tuning baseline). Implied by num_sample_tokens: 0.",
     )
+    contrastive_form: Literal["paper", "infonce"] = Field(
+        default="paper",
+        description="`paper`: L2 = -log p(X_i|D,S_i) / sum_neg p(X_j|D,S_i), unbounded below; `infonce`: the "
+        "positive joins the denominator, so L2 >= 0 (docs/METHOD.md, options beyond the paper).",
+    )
+    contrastive_trains_domain: bool = Field(
+        default=True, description="Whether L2's gradient reaches D (the paper writes D* in L2); false: D learns from L1 only."
+    )
+    eval_steps: int = Field(
+        default=50,
+        ge=0,
+        description="Induction diagnostics (domino/eval/*: retrieval, memorisation probe, held-out likelihood) every "
+        "this many optimizer steps and at the end, written to induction_report.json; 0 turns them off.",
+    )
+    eval_samples: int = Field(
+        default=32, ge=1, description="Samples the memorisation probe draws from D at each eval (synthesis sampling)."
+    )
+    eval_references: int = Field(
+        default=32,
+        ge=2,
+        description="Retrieval is measured on at most this many references (a fixed random subset): "
+        "it scores every one under every [D; S_i], n^2 sequences.",
+    )
+    keep: Literal["last", "best"] = Field(
+        default="last",
+        description="D* saved at the end: the last step's, or `best`: the eval with the best held-out likelihood "
+        "(reference likelihood without a held-out set) among those whose near-copy share is at most "
+        "`best_max_near_copy_share`. Needs eval_steps > 0.",
+    )
+    best_max_near_copy_share: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="The memorisation cap of `keep: best`."
+    )
     seed: int = Field(
         default=0, description="Seed of the soft-token initialisation, the sampled negatives and the data order."
     )
@@ -136,6 +168,8 @@ class InductionConfig(_Block):
             )
         if self.num_sample_tokens == 0:
             self.l1_only = True
+        if self.keep == "best" and not self.eval_steps:
+            raise ValueError("domino.induction.keep: `best` chooses among the evals; set eval_steps > 0 or keep: last.")
         check_in_batch_negatives(
             not self.l1_only, self.negatives, self.micro_batch_size, "domino.induction.micro_batch_size"
         )

@@ -134,12 +134,17 @@ def synthesize(config: Path, rank: int | None, world_size: int | None) -> None:
 @config_argument
 def report(config: Path) -> None:
     """Show what CONFIG's stages produced and (re)write the synthetic data's scorecard."""
+    from axolotl_domino.diagnostics import REPORT_FILE, summary
+    from axolotl_domino.layout import source_adapter
     from axolotl_domino.pipeline import induction_status
     from axolotl_domino.synthesize import finished, rescore
 
     domino_cfg, base_model, _ = _load_stage_config(config)
     settings = {} if domino_cfg.synthesis.adapter else _resolved_model_settings(config)
     click.echo(induction_status(domino_cfg, base_model, settings))
+    diagnostics = source_adapter(domino_cfg) / REPORT_FILE
+    if diagnostics.is_file():
+        click.echo("\n".join(summary(json.loads(diagnostics.read_text()))) + f"\n  (curves: {diagnostics.with_suffix('.png')})")
     result = finished(domino_cfg, base_model)
     if result is None:
         click.echo("synthesis: not done for the current D* and settings")

@@ -148,6 +148,8 @@ class DominoPromptModel(PeftModelForCausalLM):
             settings.contrastive_weight,
             settings.likelihood == "length_normalized",
             share_prefix=share_prefix,
+            contrastive_form=settings.contrastive_form,
+            contrastive_trains_domain=settings.contrastive_trains_domain,
         )
 
     def load_sample_tokens(self, directory: str | Path) -> None:

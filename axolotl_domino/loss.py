@@ -1,7 +1,12 @@
 """The DOMINO objective, L = L1 + lambda * L2 (METHOD.md, paper Eq. 1-3), read top to bottom.
 
     L1 = -(1/B) sum_i log p(X_i | D)                                      sufficiency
-    L2 = -(1/B) sum_i [ log p(X_i | D, S_i) - log sum_{j in neg(i)} p(X_j | D, S_i) ]   contrastive
+    L2 = -(1/B) sum_i [ log p(X_i | D, S_i) - log sum_{j in neg(i)} p(X_j | D, S_i) ]   contrastive (paper)
+
+The paper's L2 has no lower bound: it falls without limit by making the negatives unlikely. The
+`infonce` form puts the positive in the denominator as well (sum over {i} + neg(i)), so L2 >= 0
+and it stops pushing once X_i clearly wins. `contrastive_trains_domain=False` detaches D inside
+L2, so D learns from L1 alone and only S is shaped by the contrast.
 
 `log p(X | prefix)` is the sum of X's token log-probs (`sequence`) or their mean
 (`length_normalized`, the research code's choice). X ends with an EOS target; pad positions
@@ -79,6 +84,12 @@ def _select(prefix: _Prefix, rows: Tensor) -> _Prefix:
     return _Prefix(kv=kv, last_logits=prefix.last_logits.index_select(0, rows), length=prefix.length)
 
 
+def _detached(prefix: _Prefix) -> _Prefix:
+    """The same prefix with no gradient path back into what produced it."""
+    kv = [(keys.detach(), values.detach()) for keys, values in prefix.kv]
+    return _Prefix(kv=kv, last_logits=prefix.last_logits.detach(), length=prefix.length)
+
+
 def _score_cached(model: PreTrainedModel, prefix: _Prefix, ids: Tensor, mask: Tensor, length_normalized: bool) -> Tensor:
     """log p(X_r | prefix row r) for right-padded X ([N, T]), reusing the prefix's cache."""
     n = ids.shape[0]
@@ -104,6 +115,24 @@ def _score_full(model: PreTrainedModel, prefix_embeds: Tensor, ids: Tensor, mask
     return sequence_logprob(logits, ids, mask, length_normalized)
 
 
+@torch.no_grad()
+def prefix_logprobs(model: PreTrainedModel, prefix: Tensor, input_ids: Tensor, attention_mask: Tensor,
+                    length_normalized: bool, chunk: int = 32) -> Tensor:
+    """log p(X_r | prefix) for every row of right-padded X ([N, T]) under one soft prefix ([p, h]): [N].
+
+    The prefix runs once; rows are scored `chunk` at a time on its cache (the diagnostics score every
+    reference under every [D; S_i], which is N^2 sequences).
+    """
+    embeds = prefix.to(model.get_input_embeddings().weight.dtype).unsqueeze(0)
+    run = _run_prefix(model, embeds)
+    scores = []
+    for start in range(0, input_ids.shape[0], chunk):
+        ids, mask = input_ids[start : start + chunk], attention_mask[start : start + chunk]
+        rows = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+        scores.append(_score_cached(model, _select(run, rows), ids, mask, length_normalized))
+    return torch.cat(scores)
+
+
 def domino_loss(
     model: PreTrainedModel,
     domain: Tensor,
@@ -114,6 +143,8 @@ def domino_loss(
     contrastive_weight: float = 1.0,
     length_normalized: bool = True,
     share_prefix: bool = True,
+    contrastive_form: str = "paper",
+    contrastive_trains_domain: bool = True,
 ) -> DominoLossOutput:
     """DOMINO loss for one micro-batch.
 
@@ -125,6 +156,8 @@ def domino_loss(
             the anchors X_1..X_B; rows B.. are extra negatives (e.g. sampled from all references).
         negatives: [B, K] row indices of each anchor's negatives (never the anchor itself);
             default: the other anchors of the batch.
+        contrastive_form: `paper` (negatives only in the denominator) or `infonce` (positive too).
+        contrastive_trains_domain: whether L2's gradient reaches D (the paper writes D* in L2).
     """
     embed_dtype = model.get_input_embeddings().weight.dtype
     domain = domain.to(embed_dtype).unsqueeze(0)  # [1, k, h]
@@ -152,12 +185,15 @@ def domino_loss(
     pair_ids, pair_mask = input_ids[candidates.flatten()], attention_mask[candidates.flatten()]
     sample = sample.to(embed_dtype)
     if share_prefix:
-        ds_prefix = _run_prefix(model, sample, past=_select(d_prefix, zeros))
+        d_for_l2 = d_prefix if contrastive_trains_domain else _detached(d_prefix)
+        ds_prefix = _run_prefix(model, sample, past=_select(d_for_l2, zeros))
         logp_pairs = _score_cached(model, _select(ds_prefix, anchor_of_pair), pair_ids, pair_mask, length_normalized)
     else:
-        ds_embeds = torch.cat([domain.expand(num_anchors, -1, -1), sample], dim=1).index_select(0, anchor_of_pair)
+        d_for_l2 = domain if contrastive_trains_domain else domain.detach()
+        ds_embeds = torch.cat([d_for_l2.expand(num_anchors, -1, -1), sample], dim=1).index_select(0, anchor_of_pair)
         logp_pairs = _score_full(model, ds_embeds, pair_ids, pair_mask, length_normalized)
     logp_pairs = logp_pairs.view(num_anchors, -1)  # [B, 1 + K]
-    l2 = -(logp_pairs[:, 0] - torch.logsumexp(logp_pairs[:, 1:], dim=1)).mean()
+    denominator = logp_pairs if contrastive_form == "infonce" else logp_pairs[:, 1:]
+    l2 = -(logp_pairs[:, 0] - torch.logsumexp(denominator, dim=1)).mean()
     accuracy = (logp_pairs[:, 0] > logp_pairs[:, 1:].max(dim=1).values).float().mean()
     return DominoLossOutput(loss=l1 + contrastive_weight * l2, l1=l1.detach(), l2=l2.detach(), accuracy=accuracy)

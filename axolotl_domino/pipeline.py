@@ -31,6 +31,7 @@ from axolotl_domino.files import digest, write_atomic
 from axolotl_domino.launch import Launch, StageError, free_port, lock_output_dir, run_child, stage_env
 from axolotl_domino.layout import Layout
 from axolotl_domino.references import chat_turn_header, load_references
+from axolotl_domino.score.scorecard import load_heldout
 from axolotl_domino.shards import wait_until
 from axolotl_domino.synthesize import SynthesisResult, finished
 
@@ -67,6 +68,8 @@ def preflight(domino: DominoConfig, base_model: str, trust_remote_code: bool = F
     except OSError as exc:
         raise StageError(f"domino.output_dir: cannot write to {output} ({exc.strerror}); choose a writable folder.") from None
     load_references(domino)
+    if domino.score.heldout_path:
+        load_heldout(domino.score.heldout_path, domino.score.heldout_field)  # read by induction and the scorecard
     if domino.synthesis.adapter is None:
         context = getattr(AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code).get_text_config(),
                           "max_position_embeddings", None)
@@ -83,6 +86,13 @@ def preflight(domino: DominoConfig, base_model: str, trust_remote_code: bool = F
 # --- induction -------------------------------------------------------------------------------
 
 
+# The induction child's `domino:` block. Its diagnostics sample with the synthesis settings and measure with the
+# scorecard's (embedder, near-copy threshold, held-out set).
+_CHILD_BLOCKS = {"references", "induction", "synthesis", "score", "output_dir", "cpu_safe_defaults"}
+# What only the diagnostics read: it changes D* only when `keep: best` chooses by them.
+_EVAL_ONLY = {"synthesis", "score"}, {"eval_steps", "eval_samples", "eval_references", "best_max_near_copy_share"}
+
+
 def induction_config(domino: DominoConfig, base_model: str, settings: Mapping[str, Any]) -> dict[str, Any]:
     """The `adapter: domino_prompt` Axolotl config the induction stage trains with."""
     ind, layout = domino.induction, Layout.of(domino)
@@ -91,7 +101,7 @@ def induction_config(domino: DominoConfig, base_model: str, settings: Mapping[st
         **settings,
         "plugins": ["axolotl_domino.DominoPlugin"],
         "adapter": "domino_prompt",
-        "domino": domino.model_dump(mode="json", exclude_none=True, include={"references", "induction", "output_dir", "cpu_safe_defaults"}),
+        "domino": domino.model_dump(mode="json", exclude_none=True, include=_CHILD_BLOCKS),
         "sequence_len": domino.references.max_tokens + 1,
         "sample_packing": False,
         "micro_batch_size": ind.micro_batch_size,
@@ -120,11 +130,18 @@ def _checkpointing(save_steps: int) -> dict[str, Any]:
 def induction_key(domino: DominoConfig, config: Mapping[str, Any]) -> str:
     """Hash of the induction inputs: reference contents, the derived config (settings, base model).
 
-    How often it checkpoints does not change D*, so it is left out.
+    How often it checkpoints does not change D*, so it is left out; nor do the diagnostics' settings,
+    unless `keep: best` chooses D* by them.
     """
     inputs = json.loads(json.dumps(config, default=str))
     del inputs["domino"]["references"]["path"]  # the content counts, not where it lies
     del inputs["domino"]["induction"]["save_steps"]
+    if domino.induction.keep == "last":
+        blocks, keys = _EVAL_ONLY
+        for block in blocks:
+            inputs["domino"].pop(block, None)
+        for key in keys:
+            inputs["domino"]["induction"].pop(key, None)
     for key in _checkpointing(save_steps=1):  # every key checkpointing can set
         inputs.pop(key, None)
     return digest({"references_sha256": load_references(domino).sha256, "config": inputs})

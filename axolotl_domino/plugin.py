@@ -111,6 +111,16 @@ class DominoPlugin(BasePlugin):
 
         return DominoInductionTrainer
 
+    def add_callbacks_post_trainer(self, cfg, trainer) -> list:
+        """The induction diagnostics (`domino/eval/*`, induction_report.json), unless eval_steps is 0."""
+        if not _inducing(cfg) or not _domino(cfg).induction.eval_steps:
+            return []
+        from axolotl_domino.diagnostics import InductionDiagnostics
+        from axolotl_domino.references import load_references
+
+        domino = _domino(cfg)
+        return [InductionDiagnostics(trainer, domino, load_references(domino).texts)]
+
     def get_collator_cls_and_kwargs(self, cfg, is_eval: bool = False):
         if not _inducing(cfg):
             return None  # never (None, None): Axolotl treats any tuple as "use this collator"

@@ -29,8 +29,10 @@ def induced(smollm2, tmp_path_factory):
     """
     tmp_path = tmp_path_factory.mktemp("induction")
     references = tmp_path / "refs.jsonl"
-    lines = (REPO / "data" / "mbpp" / "references_train100.jsonl").read_text().splitlines()[:8]
-    references.write_text("\n".join(lines) + "\n")
+    lines = (REPO / "data" / "mbpp" / "references_train100.jsonl").read_text().splitlines()
+    references.write_text("\n".join(lines[:8]) + "\n")
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("\n".join(lines[8:16]) + "\n")
     out = tmp_path / "out"
     config = {
         "base_model": str(smollm2),
@@ -39,7 +41,9 @@ def induced(smollm2, tmp_path_factory):
         "domino": {
             "references": {"path": str(references)},
             "output_dir": str(tmp_path / "domino"),
-            "induction": {"num_domain_tokens": 8, "num_sample_tokens": 8},
+            "induction": {"num_domain_tokens": 8, "num_sample_tokens": 8, "eval_steps": 8, "eval_samples": 8},
+            "synthesis": {"max_new_tokens": 32},  # the diagnostics' probe samples with these settings
+            "score": {"heldout_path": str(heldout)},
         },
         "sequence_len": 128,
         "micro_batch_size": 4,
@@ -87,6 +91,20 @@ def test_induction_learns_and_round_trips_through_peft(smollm2, induced):
     with torch.no_grad():
         whole_set = domino_loss(base, saved, load_file(str(out / "sample_tokens.safetensors"))["weight"], ids, mask)
     assert whole_set.accuracy >= 2 / 8, whole_set
+
+    # The diagnostics ran at steps 8 and 16 (the last), through the trainer's logging and into the report;
+    # the last eval measured exactly the saved D and S: its retrieval and reference NLL are the whole-set loss's.
+    report = json.loads((out / "induction_report.json").read_text())
+    assert [e["step"] for e in report["history"]] == [8, 16] and report["kept_step"] == 16
+    last = report["history"][-1]["metrics"]
+    assert last["retrieval_references"] == 8 and last["retrieval_top1_chance"] == 1 / 8
+    assert last["retrieval_top1"] == pytest.approx(whole_set.accuracy.item())
+    assert last["reference_nll"] == pytest.approx(whole_set.l1.item(), abs=1e-4)
+    assert last["heldout_nll"] > 0 and 0 <= last["near_copy_share"] <= 1 and 0 <= last["finished_share"] <= 1
+    for name in ("near_copy_share", "retrieval_top1", "heldout_nll", "finished_share", "seconds"):
+        assert len(tensorboard_scalars(out, f"train/domino/eval/{name}")) == 2, name
+    assert (out / "induction_report.png").read_bytes()[:4] == b"\x89PNG"
+    assert "induction eval at step 16 took" in log
 
     # D* round-trips through PEFT: plain prompt tuning over the loaded adapter gives exactly L1.
     model = PeftModel.from_pretrained(base, str(out)).eval()

@@ -13,7 +13,7 @@ LAYERS = [
     {"args", "files", "cpu", "loss", "sandbox", "shards", "hf", "score.embedder", "score.fidelity", "score.report"},
     {"layout", "embedded", "induce", "generate", "judge", "score.diversity", "score.memorization", "score.plots"},
     {"references", "write", "launch", "respond", "generate_vllm", "filters", "score.scorecard"},
-    {"trainer", "score"},
+    {"trainer", "diagnostics", "score"},
     {"synthesize"},
     {"child"},
     {"pipeline"},

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from axolotl_domino.loss import domino_loss, in_batch_negatives, sequence_logprob
+from axolotl_domino.loss import domino_loss, in_batch_negatives, prefix_logprobs, sequence_logprob
 
 
 def _batch(num_rows: int, vocab: int = 97, max_len: int = 9, seed: int = 1):
@@ -83,11 +83,57 @@ def test_in_batch_negatives_exclude_the_anchor():
     assert neg.tolist() == [[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]]
 
 
+@pytest.mark.parametrize("form,trains_domain", [("infonce", True), ("paper", False), ("infonce", False)])
+def test_options_shared_prefix_matches_naive(tiny_llama, form, trains_domain):
+    ids, mask = _batch(3)
+    results = []
+    for share in (True, False):
+        domain, sample = _params(4, 3, 3)
+        out = domino_loss(tiny_llama, domain, sample, ids, mask, share_prefix=share, contrastive_form=form,
+                          contrastive_trains_domain=trains_domain)
+        out.loss.backward()
+        results.append((out.loss, domain.grad, sample.grad))
+    for fast, naive in zip(*results):
+        torch.testing.assert_close(fast, naive, rtol=1e-4, atol=1e-6)
+
+
+def test_without_domain_gradient_from_l2_d_learns_from_l1_alone(tiny_llama):
+    """contrastive_trains_domain=False: D's gradient is exactly L1's; S still gets L2's."""
+    ids, mask = _batch(3)
+    domain, sample = _params(4, 3, 3)
+    domino_loss(tiny_llama, domain, sample, ids, mask, contrastive_weight=1.0, contrastive_trains_domain=False).loss.backward()
+    l1_domain, _ = _params(4, 3, 3)
+    domino_loss(tiny_llama, l1_domain, None, ids, mask).loss.backward()
+    torch.testing.assert_close(domain.grad, l1_domain.grad, rtol=1e-5, atol=1e-7)
+    assert sample.grad.abs().sum() > 0
+    with_d, _ = _params(4, 3, 3)
+    domino_loss(tiny_llama, with_d, _params(4, 3, 3)[1], ids, mask).loss.backward()
+    assert not torch.allclose(with_d.grad, l1_domain.grad)  # the default does pass L2's gradient to D
+
+
+def test_prefix_logprobs_scores_each_row_under_the_prefix(tiny_llama):
+    """One prefix, many rows, any chunk size: log p(X_r | prefix) as the naive full-sequence sum."""
+    ids, mask = _batch(5)
+    prefix = _params(3, 0, 1)[0].detach()
+    emb = tiny_llama.get_input_embeddings()
+    expected = []
+    for r in range(5):
+        x = ids[r, : int(mask[r].sum())]
+        logits = tiny_llama(inputs_embeds=torch.cat([prefix, emb(x)])[None]).logits[0, 3 - 1 : -1]
+        expected.append(torch.log_softmax(logits, -1).gather(1, x[:, None]).sum())
+    for chunk in (1, 2, 32):
+        got = prefix_logprobs(tiny_llama, prefix, ids, mask, length_normalized=False, chunk=chunk)
+        torch.testing.assert_close(got, torch.stack(expected).detach(), rtol=1e-5, atol=1e-5)
+
+
 def test_l2_by_hand(tiny_llama):
-    """L2 is -mean_i [log p_ii - logsumexp_j!=i log p_ij], accuracy counts p_ii > max_j p_ij."""
+    """L2 is -mean_i [log p_ii - logsumexp_j!=i log p_ij] (InfoNCE: over every j, so >= 0); accuracy counts
+    p_ii > max_j p_ij."""
     ids, mask = _batch(3)
     domain, sample = _params(2, 2, 3)
     out = domino_loss(tiny_llama, domain, sample, ids, mask, share_prefix=False, length_normalized=False)
+    infonce = domino_loss(tiny_llama, domain, sample, ids, mask, share_prefix=False, length_normalized=False,
+                          contrastive_form="infonce")
     emb = tiny_llama.get_input_embeddings()
     logp = torch.empty(3, 3)
     for i in range(3):
@@ -99,6 +145,9 @@ def test_l2_by_hand(tiny_llama):
             logp[i, j] = torch.log_softmax(logits, -1).gather(1, x[:, None]).sum()
     expected = torch.stack([-(logp[i, i] - torch.logsumexp(logp[i][torch.arange(3) != i], 0)) for i in range(3)]).mean()
     torch.testing.assert_close(out.l2, expected.detach(), rtol=1e-5, atol=1e-5)
+    expected_infonce = torch.stack([-(logp[i, i] - torch.logsumexp(logp[i], 0)) for i in range(3)]).mean()
+    torch.testing.assert_close(infonce.l2, expected_infonce.detach(), rtol=1e-5, atol=1e-5)
+    assert infonce.l2 >= 0
     acc = sum(bool(logp[i, i] > logp[i][torch.arange(3) != i].max()) for i in range(3)) / 3
     assert out.accuracy.item() == pytest.approx(acc)
 

@@ -139,7 +139,23 @@ def test_induction_config_is_an_axolotl_domino_prompt_run(tmp_path):
     assert config["adapter"] == "domino_prompt" and config["micro_batch_size"] == 4
     assert config["bf16"] is False and config["logging_steps"] == 1
     assert config["output_dir"].endswith("out/induction/adapter")
-    assert "synthesis" not in config["domino"]
+    # The diagnostics sample with the synthesis settings and measure with the scorecard's.
+    assert config["domino"]["synthesis"]["temperature"] == domino.synthesis.temperature
+    assert config["domino"]["score"]["memorization_threshold"] == domino.score.memorization_threshold
+    assert "responses" not in config["domino"] and "filters" not in config["domino"]
+
+
+def test_diagnostics_settings_change_the_induction_key_only_when_they_choose_d(tmp_path):
+    def key(temperature: float = 0.8, **induction) -> str:
+        domino = _domino(tmp_path, **induction)
+        domino.synthesis.temperature = temperature
+        return induction_key(domino, induction_config(domino, "model", {}))
+
+    last = key()
+    assert key(eval_steps=10, eval_samples=4, temperature=0.3) == last  # keep: last: D* is the same
+    best = key(keep="best")
+    assert best != last
+    assert key(keep="best", eval_steps=10) != best and key(keep="best", temperature=0.3) != best
 
 
 def test_preflight_names_the_key_and_the_fix(tmp_path, tiny_model_dir):
@@ -155,6 +171,12 @@ def test_preflight_names_the_key_and_the_fix(tmp_path, tiny_model_dir):
         preflight(config(k=300), str(tiny_model_dir))
     with pytest.raises(StageError, match="domino.output_dir: cannot write"):
         preflight(config(output_dir=str(tmp_path / "refs.jsonl" / "out")), str(tiny_model_dir))  # under a file
+    empty = tmp_path / "heldout.jsonl"
+    empty.write_text("")
+    with_heldout = config()
+    with_heldout.score.heldout_path = str(empty)  # read by the induction's diagnostics: fail before they start
+    with pytest.raises(DataFileError, match="domino.score.heldout_path: .*heldout.jsonl holds no samples"):
+        preflight(with_heldout, str(tiny_model_dir))
     (tmp_path / "refs.jsonl").write_text('{"text": "only one"}\n')
     with pytest.raises(DataFileError, match="at least 2"):
         preflight(config(), str(tiny_model_dir))

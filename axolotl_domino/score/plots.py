@@ -132,3 +132,27 @@ def lengths_png(groups: dict[str, Sequence[str]]) -> bytes:
     axes.set_ylabel("density")
     axes.legend(fontsize=8)
     return _png(figure)
+
+
+def curves_png(history: Sequence[dict], panels: dict[str, list[str]]) -> bytes:
+    """PNG of metrics over training steps: one panel per title, one line per metric present in `history`.
+
+    `history` holds {"step": int, "metrics": {name: value}} in step order (the induction report's evals).
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(4.2 * len(panels), 3.4))
+    steps = [entry["step"] for entry in history]
+    for position, (title, names) in enumerate(panels.items(), start=1):
+        axes = figure.add_subplot(1, len(panels), position)
+        for name in names:
+            values = [entry["metrics"].get(name) for entry in history]
+            if any(v is not None for v in values):
+                style = "--" if name.endswith("_chance") else "-o"
+                axes.plot(steps, [np.nan if v is None else v for v in values], style, markersize=3, label=name)
+        axes.set_title(title, fontsize=10)
+        axes.set_xlabel("optimizer step")
+        if axes.lines:
+            axes.legend(fontsize=7)
+    figure.tight_layout()
+    return _png(figure)
