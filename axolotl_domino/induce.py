@@ -102,6 +102,10 @@ class DominoPromptModel(PeftModelForCausalLM):
             self.prompt_encoder[self.active_adapter].embedding.weight.copy_(
                 initial_domain_tokens(model, tokenizer, settings)
             )
+        if settings.init == "random":
+            LOG.info("domino: D and S start as noise at the token embeddings' per-entry scale s = %.4g; Adam moves each "
+                     "entry by about learning_rate per step (docs/METHOD.md, what the learning rate means)",
+                     embedding_scale(model))
         self.domino_settings = settings
         self.domino_metadata = {**metadata, "num_references": num_references, "induction": settings.model_dump()}
         self.domino_sample = (

@@ -74,6 +74,8 @@ def test_pipeline_end_to_end_then_skips_then_reruns_on_a_changed_reference(smoll
     # `report` resolves the YAML as `axolotl train` does, so it sees the finished stages as current.
     report = run_axolotl("domino", "report", str(config_path)).stdout
     assert "induction: up to date" in report and f"-> {dataset}" in report
+    # The induction's diagnostics ran once, at its last step (eval_steps 50 > 4 steps), and report shows them.
+    assert "induction diagnostics (1 evals" in report and "near_copy_share" in report
 
     # Nothing changed: both stages are skipped (`preprocess` runs the stages without SFT).
     log = _output(run_axolotl("preprocess", str(config_path)))
@@ -111,4 +113,6 @@ def test_pipeline_with_two_torchrun_ranks(smollm2, tmp_path):
     assert len(list((domino_dir / "synthesis").glob("*/samples/samples-*.jsonl"))) == 4
     assert "domino: sampling from D* (rank 1)" in (domino_dir / "synthesis" / "synthesize-rank1.log").read_text()
     assert "--nproc_per_node=2" in log  # induction ran data-parallel over both ranks
+    history = json.loads((domino_dir / "induction" / "adapter" / "induction_report.json").read_text())["history"]
+    assert [e["step"] for e in history] == [2]  # rank 0 alone ran the diagnostics, once, at the last step
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
