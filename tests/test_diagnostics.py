@@ -119,3 +119,57 @@ def test_summary_puts_first_and_last_eval_side_by_side():
 def test_keep_best_needs_evals(tmp_path):
     with pytest.raises(ValueError, match="eval_steps > 0"):
         _domino(tmp_path, keep="best", eval_steps=0)
+
+
+class _TrainerSeat:
+    """What the callback reads from the Axolotl trainer it is attached to (the real one needs Axolotl's config)."""
+
+    def __init__(self, model, tokenizer, output_dir):
+        from transformers import TrainerControl
+
+        self.model, self.processing_class, self.control = model, tokenizer, TrainerControl()
+        self.args = type("Args", (), {"output_dir": str(output_dir)})()
+        self.accelerator = type("Accelerator", (), {"unwrap_model": staticmethod(lambda m: m)})()
+        self.logged: list[dict] = []
+
+    def log(self, logs):
+        self.logged.append(logs)
+        self.control.should_log = False  # as Trainer.log does
+
+
+def test_keep_best_restores_the_chosen_eval_and_a_resume_keeps_earlier_evals(tiny, tmp_path, hash_embedder, monkeypatch):
+    from transformers import TrainerState
+
+    from axolotl_domino import diagnostics
+    from axolotl_domino.induce import DominoPromptModel
+
+    monkeypatch.setattr(diagnostics, "load_embedder", lambda name=None: hash_embedder)
+    model, tokenizer = tiny
+    domino = _domino(tmp_path, keep="best", eval_steps=1, best_max_near_copy_share=1.0)
+    prompt = DominoPromptModel(model, tokenizer, domino.induction, len(REFERENCES), {})
+    seat = _TrainerSeat(prompt, tokenizer, tmp_path / "adapter")
+    (tmp_path / "adapter").mkdir()
+    callback = diagnostics.InductionDiagnostics(seat, domino, REFERENCES)
+    state = TrainerState(max_steps=2)
+    set_to = {1: prompt.domain_tokens.detach().clone(), 2: prompt.domain_tokens.detach() * 40}
+    for step in (1, 2):
+        with torch.no_grad():
+            prompt.domain_tokens.copy_(set_to[step])
+        state.global_step = step
+        seat.control.should_log = True
+        callback.on_step_end(None, state, seat.control)
+        assert seat.control.should_log  # the step's own training log still happens
+    callback.on_train_end(None, state, seat.control)
+
+    report = json.loads((tmp_path / "adapter" / "induction_report.json").read_text())
+    nll = {e["step"]: e["metrics"]["reference_nll"] for e in report["history"]}
+    chosen = min(nll, key=nll.get)
+    assert chosen == 1 and report["kept_step"] == 1 and report["keep"] == "best"  # not the last D: restored
+    torch.testing.assert_close(prompt.domain_tokens.detach(), set_to[chosen])
+    assert not list((tmp_path / "adapter").glob("eval-step*")) and (tmp_path / "adapter" / "induction_report.png").exists()
+    assert [sorted(k for k in logs if k.endswith("near_copy_share")) for logs in seat.logged] == [["domino/eval/near_copy_share"]] * 2
+
+    resumed = diagnostics.InductionDiagnostics(seat, domino, REFERENCES)
+    state.global_step = 1  # resumed from a checkpoint at step 1: the eval at step 2 is gone
+    resumed.on_train_begin(None, state, seat.control)
+    assert [e["step"] for e in resumed.history] == [1]
