@@ -471,6 +471,13 @@ class DominoConfig(_Block):
     output_dir: str = Field(
         default="domino_out", description="Where every DOMINO stage writes its outputs (soft tokens, datasets)."
     )
+    wait_timeout_s: float = Field(
+        default=600,
+        gt=0,
+        description="Ranks wait for each other through files under output_dir. A wait fails after this long without "
+        "a sign of life from the rank it waits for (its heartbeat file), and the start-up check that every rank "
+        "sees the same output_dir fails after this long; multi-rank runs only.",
+    )
     cpu_safe_defaults: bool = Field(
         default=True,
         description="Without CUDA, set precision, attention and LoRA-kernel options that run on CPU "

@@ -12,9 +12,13 @@ from transformers import PreTrainedModel
 
 
 def rank_device() -> torch.device:
-    """This rank's GPU (`LOCAL_RANK`) when CUDA is available, else the CPU."""
+    """This rank's GPU (`LOCAL_RANK`) when CUDA is available, else the CPU.
+
+    A scheduler that gives each task its own GPU shows it as device 0 (one visible device), so the index
+    wraps around the visible devices instead of naming one that does not exist.
+    """
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     return torch.device("cpu")
 
 

@@ -7,7 +7,9 @@ DeepSpeed/accelerate variables, so the outer run's state (e.g. ZeRO-3 partitioni
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from axolotl_domino.layout import Layout
+
+LOG = logging.getLogger("axolotl.integrations.domino.launch")
 
 LAUNCHER_ENV = (
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
@@ -45,8 +49,31 @@ class Launch:
             rank=int(os.environ.get("RANK", 0)),
             local_rank=int(os.environ.get("LOCAL_RANK", 0)),
             world_size=world,
-            local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+            local_world_size=local_world_size(world),
         )
+
+
+# Launchers' names for "processes of this job on this node" (torchrun/accelerate, Open MPI, MPICH, Slurm).
+LOCAL_SIZE_ENV = ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE")
+
+
+def local_world_size(world_size: int) -> int:
+    """Processes of this launch on this node: the launcher's variable, else a guess that never spans nodes.
+
+    WORLD_SIZE is not a fallback: on several nodes it would start the whole world's processes on one node.
+    """
+    for key in LOCAL_SIZE_ENV:
+        match = re.match(r"\d+", os.environ.get(key, ""))  # Slurm writes e.g. "4(x2)"
+        if match:
+            return int(match.group())
+    if world_size == 1:
+        return 1
+    import torch
+
+    guess = max(1, min(world_size, torch.cuda.device_count())) if torch.cuda.is_available() else 1
+    LOG.warning("domino: none of %s is set; assuming %d process(es) of the %d on this node (the visible GPUs). "
+                "Set LOCAL_WORLD_SIZE if that is wrong.", ", ".join(LOCAL_SIZE_ENV), guess, world_size)
+    return guess
 
 
 def stage_env(processes_per_node: int = 1, **extra: str) -> dict[str, str]:

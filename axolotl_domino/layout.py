@@ -1,6 +1,8 @@
 """Every path under `domino.output_dir`: the one place that knows where each stage's files lie.
 
     .domino.lock, .domino.lock.owner     one run at a time per output_dir
+    .ranks/rank<r>.heartbeat              rank r's sign of life while others wait on it (multi-rank runs)
+    .ranks/launch-<id>/rank<r>, ok        the start-up check that every rank sees this folder
     induction/
       references-<sha>.jsonl             the references with their row index (content-addressed)
       induce-<key>.yaml, induce-<key>.log  the derived Axolotl config and the child's output
@@ -59,10 +61,17 @@ class Layout:
         self.induction_done = self.adapter / STAGE_FILE
         self.checkpoints_key = self.adapter / CHECKPOINT_KEY_FILE
         self.synthesis = self.root / "synthesis"
+        self.ranks = self.root / ".ranks"
 
     @classmethod
     def of(cls, domino: DominoConfig) -> Layout:
         return cls(Path(domino.output_dir))
+
+    def heartbeat(self, rank: int) -> Path:
+        return self.ranks / f"rank{rank}.heartbeat"
+
+    def launch_markers(self, launch: str) -> Path:
+        return self.ranks / f"launch-{launch}"
 
     def indexed_references(self, references_sha: str) -> Path:
         return self.induction / f"references-{references_sha[:16]}.jsonl"

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from axolotl_domino.launch import Launch, StageError, free_port, lock_output_dir
 from axolotl_domino.layout import Layout
 from axolotl_domino.references import chat_turn_header, load_references
 from axolotl_domino.score.scorecard import load_heldout
-from axolotl_domino.shards import wait_until
+from axolotl_domino.shards import Heartbeat, check_shared_dir, launch_id, wait_until
 from axolotl_domino.synthesize import SynthesisResult, finished
 
 LOG = logging.getLogger("axolotl.integrations.domino.pipeline")
@@ -191,7 +192,8 @@ def run_induction(domino: DominoConfig, base_model: str, settings: Mapping[str, 
         LOG.info("domino: induction up to date (%s), skipping", layout.adapter)
         return layout.adapter
     if launch.rank != 0:
-        wait_until(lambda: induction_up_to_date(layout, key), "rank 0 to finish domain induction")
+        wait_until(lambda: induction_up_to_date(layout, key), "rank 0 to finish domain induction",
+                   alive=[layout.heartbeat(0)], stale_after_s=domino.wait_timeout_s)
         return layout.adapter
     layout.induction_done.unlink(missing_ok=True)
     if _usable_checkpoints(layout, key):
@@ -239,11 +241,15 @@ def run_pipeline(cfg: Any, launch: Launch | None = None) -> SynthesisResult:
     domino = DominoConfig.model_validate(dict(cfg.domino))  # Axolotl hands the block over as a dict
     base_model = str(cfg.base_model)
     preflight(domino, base_model, bool(cfg.trust_remote_code))
+    layout = Layout.of(domino)
+    if launch.world_size > 1:  # ranks wait for each other through files: they must all see this folder
+        check_shared_dir(layout.launch_markers(launch_id()), launch.rank, launch.world_size, domino.wait_timeout_s)
     if launch.rank == 0:
-        lock_output_dir(Layout.of(domino))
-    if domino.synthesis.adapter is None:  # an explicit D* skips induction
-        run_induction(domino, base_model, model_settings(cfg), launch)
-    result = run_synthesis(domino, base_model, launch, bool(cfg.trust_remote_code))
+        lock_output_dir(layout)
+    with Heartbeat(layout.heartbeat(launch.rank)) if launch.world_size > 1 else nullcontext():
+        if domino.synthesis.adapter is None:  # an explicit D* skips induction
+            run_induction(domino, base_model, model_settings(cfg), launch)
+        result = run_synthesis(domino, base_model, launch, bool(cfg.trust_remote_code))
     use_synthetic_dataset(cfg, result)
     return result
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from axolotl_domino.induce import METADATA_FILE
 from axolotl_domino.layout import Layout, SynthesisRun, source_adapter
 from axolotl_domino.references import load_references, sample_text
 from axolotl_domino.respond import Responder
-from axolotl_domino.shards import my_pending_shards, rank_and_world, shard_indices, wait_for
+from axolotl_domino.shards import Heartbeat, my_pending_shards, rank_and_world, shard_indices, wait_for
 from axolotl_domino.write import instruction, record, write_dataset, write_manifest
 
 LOG = logging.getLogger("axolotl.integrations.domino.synthesize")
@@ -98,6 +99,11 @@ def synthesize(
     """
     if rank is None or world_size is None:
         rank, world_size = rank_and_world()
+    with Heartbeat(Layout.of(domino).heartbeat(rank)) if world_size > 1 else nullcontext():
+        return _synthesize(domino, base_model, rank, world_size, trust_remote_code)
+
+
+def _synthesize(domino: DominoConfig, base_model: str, rank: int, world_size: int, trust_remote_code: bool) -> SynthesisResult:
     run, adapter_sha = current_run(domino, base_model)
     done = _finished(run, domino)
     if done is not None:
@@ -118,13 +124,15 @@ def synthesize(
             _respond_shards(domino, base_model, model, tokenizer, shards, todo_responses, run, rank)
         del model
 
+    layout = Layout.of(domino)
     if rank != 0:
-        wait_for([run.manifest], "rank 0 to merge the synthetic dataset")
+        wait_for([run.manifest], "rank 0 to merge the synthetic dataset", [layout.heartbeat(0)], domino.wait_timeout_s)
         return _finished(run, domino)
     expected = [run.sample_shard(s) for s in range(len(shards))]
     if domino.responses.enabled:
         expected += [run.response_shard(s) for s in range(len(shards))]
-    wait_for(expected, "the other ranks' shards")
+    others = [layout.heartbeat(r) for r in range(1, world_size)]
+    wait_for(expected, "the other ranks' shards", others, domino.wait_timeout_s)
     return _merge(domino, base_model, adapter_sha, run, len(shards), world_size, time.perf_counter() - started)
 
 

@@ -199,6 +199,23 @@ def test_two_gloo_ranks_merge_to_the_single_rank_dataset(tiny_model_dir, adapter
     assert json.loads(manifest.read_text())["world_size"] == 2
 
 
+def test_two_gloo_ranks_that_do_not_share_output_dir_fail_instead_of_waiting_forever(tiny_model_dir, adapter, tmp_path):
+    """Each rank writes its heartbeat under its own output_dir; neither sees the other's, so both stop after
+    wait_timeout_s with the cause and the fix, instead of polling forever."""
+    settings = {"num_samples": 4, "shard_size": 2, "keep_unfinished": True}
+    port = _free_port()
+    ranks = []
+    for rank in (1, 0):  # two separate folders: what node-local disks look like
+        config = _config(tmp_path / f"node{rank}", adapter, synthesis=settings, wait_timeout_s=3)
+        ranks.append((rank, _run(config, tiny_model_dir, rank, 2, port)))
+    for rank, proc in ranks:
+        assert proc.wait(timeout=300) != 0
+        err = proc.stderr.read().decode()
+        waited_for = "rank 0 to merge" if rank else "the other ranks' shards"
+        assert f"WaitTimeout: domino: waited" in err and waited_for in err, err[-3000:]
+        assert "never appeared for 3 s" in err and "shared filesystem" in err, err[-3000:]
+
+
 def test_disk_full_fails_cleanly_and_the_rerun_recovers(tiny_model_dir, adapter, tmp_path, monkeypatch):
     import errno
 
