@@ -66,16 +66,16 @@ def _load_stage_config(config: Path):
         raise click.ClickException(f"{config}: invalid domino: block\n{exc}") from exc
 
 
-def _resolved_model_settings(config: Path) -> dict:
+def _resolved_settings(config: Path) -> dict:
     """The model settings `axolotl train CONFIG` resolves (precision, tokenizer, ...): the stage keys must
     come from the same normalisation as the pipeline's, or a finished stage would look stale."""
     from axolotl.cli.config import load_cfg
     from pydantic import ValidationError
 
-    from axolotl_domino.pipeline import model_settings
+    from axolotl_domino.pipeline import inherited_settings
 
     try:
-        return model_settings(load_cfg(str(config)))
+        return inherited_settings(load_cfg(str(config)))
     except (ValidationError, ValueError) as exc:
         raise click.ClickException(
             f"{config}: not a valid Axolotl config; it is read as `axolotl train` reads it, so it needs the "
@@ -105,7 +105,7 @@ def induce(config: Path, nproc: int) -> None:
     domino_cfg, base_model, raw = _load_stage_config(config)
     preflight(domino_cfg, base_model, bool(raw.get("trust_remote_code")))
     lock_output_dir(Layout.of(domino_cfg))
-    adapter = run_induction(domino_cfg, base_model, _resolved_model_settings(config), Launch(0, 0, 1, nproc))
+    adapter = run_induction(domino_cfg, base_model, _resolved_settings(config), Launch(0, 0, 1, nproc))
     click.echo(adapter)
 
 
@@ -140,7 +140,7 @@ def report(config: Path) -> None:
     from axolotl_domino.synthesize import finished, rescore
 
     domino_cfg, base_model, _ = _load_stage_config(config)
-    settings = {} if domino_cfg.synthesis.adapter else _resolved_model_settings(config)
+    settings = {} if domino_cfg.synthesis.adapter else _resolved_settings(config)
     click.echo(induction_status(domino_cfg, base_model, settings))
     diagnostics = source_adapter(domino_cfg) / REPORT_FILE
     if diagnostics.is_file():

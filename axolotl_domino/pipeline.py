@@ -39,13 +39,30 @@ from axolotl_domino.synthesize import SynthesisResult, finished
 LOG = logging.getLogger("axolotl.integrations.domino.pipeline")
 
 SYNTHETIC = "domino:synthetic"  # a `datasets:` path the plugin replaces with the synthetic file
-# Model-loading and precision keys of the outer YAML that the induction run inherits.
+# Model-loading and precision keys of the outer YAML that the induction run inherits (part of its key).
 MODEL_KEYS = ("base_model_config", "tokenizer_config", "trust_remote_code", "bf16", "fp16", "tf32", "attn_implementation")
+# Experiment trackers the induction run reports to as well, as its own run (not part of its key: D* is the same).
+TRACKER_KEYS = (
+    "use_tensorboard", "use_wandb", "wandb_project", "wandb_entity", "wandb_mode", "wandb_watch", "wandb_name",
+    "use_mlflow", "mlflow_tracking_uri", "mlflow_experiment_name", "mlflow_run_name",
+    "use_comet", "comet_api_key", "comet_workspace", "comet_project_name", "comet_mode", "comet_online",
+    "use_trackio", "trackio_project_name", "trackio_run_name", "trackio_space_id",
+)
+RUN_NAME_KEYS = ("wandb_name", "mlflow_run_name", "trackio_run_name")
 
 
-def model_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The outer YAML's model-loading and precision keys that are set."""
-    return {key: config[key] for key in MODEL_KEYS if config.get(key) is not None}
+def inherited_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The outer YAML's model, precision and tracker keys that are set, for the induction run.
+
+    A named tracker run gets a `-domino-induction` suffix: the induction is a run of its own in the same
+    project (an inherited wandb_run_id would resume the SFT's run, so it is not inherited).
+    `domino.induction.axolotl` overrides any of them (e.g. `use_wandb: false`).
+    """
+    settings = {key: config[key] for key in MODEL_KEYS + TRACKER_KEYS if config.get(key) is not None}
+    for key in RUN_NAME_KEYS:
+        if key in settings:
+            settings[key] = f"{settings[key]}-domino-induction"
+    return settings
 
 
 # --- checks before any heavy work -------------------------------------------------------------
@@ -131,10 +148,12 @@ def _checkpointing(save_steps: int) -> dict[str, Any]:
 def induction_key(domino: DominoConfig, config: Mapping[str, Any]) -> str:
     """Hash of the induction inputs: reference contents, the derived config (settings, base model).
 
-    How often it checkpoints does not change D*, so it is left out; nor do the diagnostics' settings,
-    unless `keep: best` chooses D* by them.
+    How often it checkpoints and where it reports do not change D*, so they are left out; nor do the
+    diagnostics' settings, unless `keep: best` chooses D* by them.
     """
     inputs = json.loads(json.dumps(config, default=str))
+    for key in TRACKER_KEYS:
+        inputs.pop(key, None)
     del inputs["domino"]["references"]["path"]  # the content counts, not where it lies
     del inputs["domino"]["induction"]["save_steps"]
     if domino.induction.keep == "last":
@@ -248,7 +267,7 @@ def run_pipeline(cfg: Any, launch: Launch | None = None) -> SynthesisResult:
         lock_output_dir(layout)
     with Heartbeat(layout.heartbeat(launch.rank)) if launch.world_size > 1 else nullcontext():
         if domino.synthesis.adapter is None:  # an explicit D* skips induction
-            run_induction(domino, base_model, model_settings(cfg), launch)
+            run_induction(domino, base_model, inherited_settings(cfg), launch)
         result = run_synthesis(domino, base_model, launch, bool(cfg.trust_remote_code))
     use_synthetic_dataset(cfg, result)
     return result

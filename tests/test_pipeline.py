@@ -18,6 +18,7 @@ from axolotl_domino.pipeline import (
     SYNTHETIC,
     _usable_checkpoints,
     induction_config,
+    inherited_settings,
     induction_key,
     preflight,
     use_synthetic_dataset,
@@ -180,3 +181,17 @@ def test_preflight_names_the_key_and_the_fix(tmp_path, tiny_model_dir):
     (tmp_path / "refs.jsonl").write_text('{"text": "only one"}\n')
     with pytest.raises(DataFileError, match="at least 2"):
         preflight(config(), str(tiny_model_dir))
+
+
+def test_the_induction_reports_to_the_users_trackers_as_its_own_run_without_changing_its_key(tmp_path):
+    outer = {"bf16": False, "use_wandb": True, "wandb_project": "proj", "wandb_name": "sft", "wandb_run_id": "abc",
+             "use_tensorboard": True, "learning_rate": 0.1}
+    settings = inherited_settings(outer)
+    assert settings == {"bf16": False, "use_wandb": True, "wandb_project": "proj", "wandb_name": "sft-domino-induction",
+                        "use_tensorboard": True}  # never the SFT's run id (it would resume that run), never SFT keys
+    domino = _domino(tmp_path)
+    config = induction_config(domino, "model", settings)
+    assert config["wandb_project"] == "proj" and config["use_tensorboard"] is True
+    assert induction_key(domino, config) == induction_key(domino, induction_config(domino, "model", {"bf16": False}))
+    off = _domino(tmp_path, axolotl={"use_wandb": False})  # the user's override wins
+    assert induction_config(off, "model", settings)["use_wandb"] is False
