@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, PreTrainedModel
 
 
@@ -43,12 +44,48 @@ def in_batch_negatives(batch_size: int, device: torch.device | None = None) -> T
     return torch.stack([torch.cat([rows[:i], rows[i + 1 :]]) for i in range(batch_size)])
 
 
-def sequence_logprob(logits: Tensor, targets: Tensor, mask: Tensor, length_normalized: bool) -> Tensor:
-    """log p(X | prefix) per row from the logits that predict each target token: [N, T, V] -> [N]."""
-    token_logp = -F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # [N, T]
+def sequence_logprob(token_logp: Tensor, mask: Tensor, length_normalized: bool) -> Tensor:
+    """log p(X | prefix) per row from its tokens' log-probs: [N, T] -> [N]; pads (mask 0) never count."""
     mask = mask.to(token_logp.dtype)
     total = (token_logp * mask).sum(-1)
     return total / mask.sum(-1).clamp(min=1) if length_normalized else total
+
+
+# Vocabulary logits exist for at most this many positions at once, in the forward and the backward pass:
+# at the paper's scale (9 sequences x 1024 tokens x 152k vocabulary) full float32 logits alone are ~5.6 GB.
+LOGIT_CHUNK_TOKENS = 1024
+_SCALED_HEADS = ("final_logit_softcapping", "logit_scale", "logits_scaling")  # heads that are more than a matmul
+
+
+def _chunk_logprob(head: nn.Module, hidden: Tensor, targets: Tensor) -> Tensor:
+    return -F.cross_entropy(head(hidden).float(), targets, reduction="none")
+
+
+def _target_logprobs(model: PreTrainedModel, embeds: Tensor, attention_mask: Tensor, targets: Tensor,
+                     past: DynamicCache | None = None) -> Tensor:
+    """log p(targets[:, t]) per position [N, T], predicted by the last T positions of running `embeds` after `past`.
+
+    The decoder's hidden states go through the output embedding LOGIT_CHUNK_TOKENS positions at a time, each
+    chunk recomputed in the backward pass (activation checkpointing), so no [N, T, V] logits are ever held
+    (a step with fewer positions is one chunk, kept: nothing to save, nothing recomputed).
+    Models whose head scales or caps the logits run the whole model instead (full logits, same values).
+    """
+    t = targets.shape[1]
+    run = {"inputs_embeds": embeds, "attention_mask": attention_mask, "past_key_values": past, "use_cache": past is not None}
+    config = model.config.get_text_config()
+    if any(getattr(config, key, None) for key in _SCALED_HEADS):
+        logits = model(**run, logits_to_keep=t).logits
+        return -F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+    hidden = model.get_decoder()(**run).last_hidden_state[:, -t:]
+    flat_hidden, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    head, step = model.get_output_embeddings(), LOGIT_CHUNK_TOKENS
+    if flat_targets.numel() <= step:  # one chunk: keep its logits for backward rather than recompute them
+        return _chunk_logprob(head, flat_hidden, flat_targets).view(targets.shape)
+    parts = [
+        checkpoint(_chunk_logprob, head, flat_hidden[i : i + step], flat_targets[i : i + step], use_reentrant=False)
+        for i in range(0, flat_targets.numel(), step)
+    ]
+    return torch.cat(parts).view(targets.shape)
 
 
 @dataclass
@@ -93,26 +130,23 @@ def _detached(prefix: _Prefix) -> _Prefix:
 def _score_cached(model: PreTrainedModel, prefix: _Prefix, ids: Tensor, mask: Tensor, length_normalized: bool) -> Tensor:
     """log p(X_r | prefix row r) for right-padded X ([N, T]), reusing the prefix's cache."""
     n = ids.shape[0]
-    first = prefix.last_logits.unsqueeze(1)  # predicts X[:, 0]
+    first = -F.cross_entropy(prefix.last_logits.float(), ids[:, 0], reduction="none")  # X[:, 0] from the prefix
+    token_logp = first[:, None]
     if ids.shape[1] > 1:
         cache = DynamicCache(ddp_cache_data=prefix.kv, config=model.config)
         attn = torch.cat([mask.new_ones(n, prefix.length), mask[:, :-1]], dim=1)
         embeds = model.get_input_embeddings()(ids[:, :-1])
-        rest = model(inputs_embeds=embeds, attention_mask=attn, past_key_values=cache, use_cache=True).logits
-        logits = torch.cat([first, rest], dim=1)
-    else:
-        logits = first
-    return sequence_logprob(logits, ids, mask, length_normalized)
+        token_logp = torch.cat([token_logp, _target_logprobs(model, embeds, attn, ids[:, 1:], past=cache)], dim=1)
+    return sequence_logprob(token_logp, mask, length_normalized)
 
 
 def _score_full(model: PreTrainedModel, prefix_embeds: Tensor, ids: Tensor, mask: Tensor, length_normalized: bool) -> Tensor:
     """log p(X_r | prefix_r) running [prefix_r; X_r] in full (the naive computation)."""
     n, p = prefix_embeds.shape[:2]
-    embeds = torch.cat([prefix_embeds, model.get_input_embeddings()(ids)], dim=1)
-    attn = torch.cat([mask.new_ones(n, p), mask], dim=1)
-    # Only the positions that predict X (the last prefix position onwards): no vocabulary logits for the prefix.
-    logits = model(inputs_embeds=embeds, attention_mask=attn, logits_to_keep=ids.shape[1] + 1).logits[:, :-1]
-    return sequence_logprob(logits, ids, mask, length_normalized)
+    # The last prefix position predicts X[:, 0]; X's own last token predicts nothing, so it is not run.
+    embeds = torch.cat([prefix_embeds, model.get_input_embeddings()(ids[:, :-1])], dim=1)
+    attn = torch.cat([mask.new_ones(n, p), mask[:, :-1]], dim=1)
+    return sequence_logprob(_target_logprobs(model, embeds, attn, ids), mask, length_normalized)
 
 
 @torch.no_grad()

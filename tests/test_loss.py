@@ -70,12 +70,48 @@ def test_pads_do_not_change_the_loss(tiny_llama):
 
 
 def test_sequence_logprob_by_hand():
-    logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [1 / 3, 1 / 3, 1 / 3]]]))
-    targets = torch.tensor([[0, 1, 2]])
+    token_logp = torch.log(torch.tensor([[0.5, 0.8, 1 / 3]]))
     mask = torch.tensor([[1, 1, 0]])
     expected = torch.log(torch.tensor(0.5)) + torch.log(torch.tensor(0.8))
-    torch.testing.assert_close(sequence_logprob(logits, targets, mask, False)[0], expected)
-    torch.testing.assert_close(sequence_logprob(logits, targets, mask, True)[0], expected / 2)
+    torch.testing.assert_close(sequence_logprob(token_logp, mask, False)[0], expected)
+    torch.testing.assert_close(sequence_logprob(token_logp, mask, True)[0], expected / 2)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_chunked_vocabulary_logits_give_the_same_loss_and_gradients(tiny_llama, monkeypatch, share):
+    """Logits made a few positions at a time (and recomputed in backward) equal the full-logits computation."""
+    from axolotl_domino import loss
+
+    ids, mask = _batch(3)
+    results = []
+    for chunk, capped in ((3, None), (10_000, None), (3, 30.0)):  # chunks of 3 positions; one chunk; full logits
+        monkeypatch.setattr(loss, "LOGIT_CHUNK_TOKENS", chunk)
+        monkeypatch.setattr(tiny_llama.config, "final_logit_softcapping", capped, raising=False)
+        if capped:  # a capped head runs the whole model; Llama ignores the cap, so values must not change
+            monkeypatch.setattr(tiny_llama, "get_decoder", None)  # and the decoder-only path must not be taken
+        domain, sample = _params(4, 3, 3)
+        out = domino_loss(tiny_llama, domain, sample, ids, mask, share_prefix=share)
+        out.loss.backward()
+        results.append((out.loss.detach(), domain.grad, sample.grad))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_no_step_holds_logits_for_every_position(tiny_llama, monkeypatch):
+    """The output embedding only ever sees LOGIT_CHUNK_TOKENS positions at once, forward and backward."""
+    from axolotl_domino import loss
+
+    monkeypatch.setattr(loss, "LOGIT_CHUNK_TOKENS", 4)
+    rows = []
+    hook = tiny_llama.lm_head.register_forward_hook(lambda module, args, out: rows.append(out.reshape(-1, out.shape[-1]).shape[0]))
+    try:
+        ids, mask = _batch(3)
+        domain, sample = _params(4, 3, 3)
+        domino_loss(tiny_llama, domain, sample, ids, mask).loss.backward()
+    finally:
+        hook.remove()
+    assert max(rows) <= 4 and sum(r for r in rows if r > 3) > 0  # chunks of 4 (prefix runs keep 1 position each)
 
 
 def test_in_batch_negatives_exclude_the_anchor():
