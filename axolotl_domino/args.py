@@ -8,6 +8,7 @@ drops unknown top-level keys silently, which hides typos).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,27 @@ def check_in_batch_negatives(contrastive: bool, negatives: str, micro_batch_size
         raise ValueError(
             f"{key}: in-batch negatives need at least 2 references per micro-batch; set {key.rsplit('.', 1)[-1]} >= 2 "
             "or domino.induction.negatives: sampled."
+        )
+
+
+def refuse_zero3_induction(deepspeed: Any, key: str) -> None:
+    """Induction reads D, S and the embedding scale outside the model's forward, where ZeRO-3 leaves them empty.
+
+    `deepspeed` is what the YAML gives: a shipped name (zero1/2/3), a JSON path or an inline mapping.
+    """
+    if isinstance(deepspeed, str):
+        shipped = Path(__file__).parent / "deepspeed_configs" / f"{deepspeed}.json"
+        path = shipped if deepspeed in ("zero1", "zero2", "zero3") else Path(deepspeed).expanduser()
+        try:
+            deepspeed = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return  # Axolotl reports an unreadable DeepSpeed file itself
+    stage = ((deepspeed or {}).get("zero_optimization") or {}).get("stage") if isinstance(deepspeed, dict) else None
+    if stage == 3:
+        raise ValueError(
+            f"{key}: ZeRO-3 partitions the model, and domain induction reads D, S and the embedding scale outside "
+            "the forward pass, where ZeRO-3 leaves them empty. Use ZeRO-2 or ZeRO-1 for induction "
+            "(domino.induction.axolotl: {deepspeed: zero2}); ZeRO-3 for the SFT stage is fine."
         )
 
 

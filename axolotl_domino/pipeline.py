@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from axolotl_domino import child
-from axolotl_domino.args import DominoConfig
+from axolotl_domino.args import DominoConfig, refuse_zero3_induction
 from axolotl_domino.files import digest, write_atomic
 from axolotl_domino.launch import Launch, StageError, free_port, lock_output_dir, run_child, stage_env
 from axolotl_domino.layout import Layout
@@ -85,6 +85,10 @@ def preflight(domino: DominoConfig, base_model: str, trust_remote_code: bool = F
         probe.unlink()
     except OSError as exc:
         raise StageError(f"domino.output_dir: cannot write to {output} ({exc.strerror}); choose a writable folder.") from None
+    try:
+        refuse_zero3_induction(domino.induction.axolotl.get("deepspeed"), "domino.induction.axolotl.deepspeed")
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
     load_references(domino)
     if domino.score.heldout_path:
         load_heldout(domino.score.heldout_path, domino.score.heldout_field)  # read by induction and the scorecard

@@ -14,7 +14,7 @@ from typing import Any
 
 from axolotl.integrations.base import AdapterCapabilities, BasePlugin
 
-from axolotl_domino.args import DominoConfig, check_in_batch_negatives
+from axolotl_domino.args import DominoConfig, check_in_batch_negatives, refuse_zero3_induction
 
 LOG = logging.getLogger("axolotl.integrations.domino")
 
@@ -153,6 +153,7 @@ def _prepare_induction_config(cfg: dict[str, Any]) -> None:
             "remove the `datasets:` block (the plugin fills it in)."
         )
     cfg["datasets"] = [{"path": references, "type": REFERENCES_STRATEGY}]
+    refuse_zero3_induction(cfg.get("deepspeed"), "deepspeed")
     if cfg.get("sample_packing"):
         raise ValueError(
             f"sample_packing: prompt tuning (adapter: {ADAPTER}) cannot pack samples (PEFT drops position ids); "
