@@ -233,6 +233,12 @@ class SynthesisConfig(_Block):
     keep_unfinished: bool = Field(
         default=False, description="Keep samples that hit max_new_tokens before EOS (dropped and counted otherwise)."
     )
+    min_kept: int = Field(
+        default=1,
+        ge=1,
+        description="Fewer kept samples (after unfinished, empty and filtered ones are dropped) stop the run before "
+        "SFT with the counts and the fix; below half of num_samples is a warning either way.",
+    )
     tensor_parallel_size: int = Field(default=1, ge=1, description="vLLM tensor parallelism.")
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0, description="vLLM memory share.")
 

@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from axolotl_domino.errors import user_errors
 from axolotl_domino.args import DominoConfig
 from axolotl_domino.files import digest, write_atomic
 from axolotl_domino.layout import Layout
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] [%(name)s] %(message)s")
     resolved = json.loads(args.config.read_text())
     domino = DominoConfig.model_validate(resolved["domino"])
-    synthesize(domino, resolved["base_model"], args.rank, args.world_size, resolved["trust_remote_code"])
+    with user_errors():
+        synthesize(domino, resolved["base_model"], args.rank, args.world_size, resolved["trust_remote_code"])
 
 
 if __name__ == "__main__":

@@ -8,8 +8,18 @@ from pathlib import Path
 
 import click
 
+from axolotl_domino.errors import user_errors
 
-@click.group(name="domino", help="DOMINO: induce a domain from references, synthesise data, fine-tune.")
+
+class _Commands(click.Group):
+    """Our errors reach the user as their message (errors.user_errors), from every subcommand."""
+
+    def invoke(self, ctx: click.Context):
+        with user_errors():
+            return super().invoke(ctx)
+
+
+@click.group(name="domino", cls=_Commands, help="DOMINO: induce a domain from references, synthesise data, fine-tune.")
 def domino() -> None:
     """Command group; the subcommands below do the work."""
 

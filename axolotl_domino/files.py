@@ -15,8 +15,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from axolotl_domino.errors import DominoError
 
-class DataFileError(ValueError):
+
+class DataFileError(DominoError, ValueError):
     """A user's JSON Lines file cannot be used; the message names the file, the line and the fix."""
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from axolotl_domino.errors import DominoError
 from axolotl_domino.layout import Layout
 
 LOG = logging.getLogger("axolotl.integrations.domino.launch")
@@ -29,7 +30,7 @@ LAUNCHER_ENV_PREFIXES = ("ACCELERATE_", "TORCHELASTIC_", "DEEPSPEED_", "FSDP_", 
 _held_locks: list[Any] = []  # kept for the life of the process; the OS releases them on exit, even on kill -9
 
 
-class StageError(RuntimeError):
+class StageError(DominoError, RuntimeError):
     """A stage cannot run or failed; the message says why (the command and its log's tail) and the fix."""
 
 

@@ -273,11 +273,11 @@ def run_pipeline(cfg: Any, launch: Launch | None = None) -> SynthesisResult:
         if domino.synthesis.adapter is None:  # an explicit D* skips induction
             run_induction(domino, base_model, inherited_settings(cfg), launch)
         result = run_synthesis(domino, base_model, launch, bool(cfg.trust_remote_code))
-    use_synthetic_dataset(cfg, result)
+    use_synthetic_dataset(cfg, result, domino.synthesis.min_kept)
     return result
 
 
-def _why_none_kept(counts: dict[str, int]) -> str:
+def _why_lost(counts: dict[str, int]) -> str:
     """The fix for each way samples were lost, naming the keys to change."""
     fixes = {
         "dropped_unfinished": "samples hit max_new_tokens before EOS: raise domino.synthesis.max_new_tokens "
@@ -292,11 +292,24 @@ def _why_none_kept(counts: dict[str, int]) -> str:
     return "; ".join(fix for key, fix in fixes.items() if counts.get(key)) or "check the dataset card."
 
 
-def use_synthetic_dataset(cfg: Any, result: SynthesisResult) -> None:
-    """Replace `domino:synthetic` entries of `datasets:` (or append) with the synthetic file."""
+def use_synthetic_dataset(cfg: Any, result: SynthesisResult, min_kept: int = 1) -> None:
+    """Replace `domino:synthetic` entries of `datasets:` (or append) with the synthetic file.
+
+    Fewer than `min_kept` kept samples is an error; fewer than half of those generated, a warning: either
+    way the message gives the counts and the fix before any SFT starts.
+    """
     counts = result.manifest["counts"]
-    if counts["kept"] == 0:
-        raise StageError(f"domino: none of the {counts['generated']} synthetic samples was kept ({counts}); {_why_none_kept(counts)}")
+    kept, generated = counts["kept"], counts["generated"]
+    if kept == 0:
+        raise StageError(f"domino: none of the {generated} synthetic samples was kept ({counts}); {_why_lost(counts)}")
+    if kept < min_kept:
+        raise StageError(
+            f"domino: only {kept} of {generated} synthetic samples were kept, fewer than domino.synthesis.min_kept "
+            f"({min_kept}) ({counts}); {_why_lost(counts)}"
+        )
+    if kept < generated / 2:
+        LOG.warning("domino: only %d of %d synthetic samples were kept (%s); %s. Set domino.synthesis.min_kept to make "
+                    "this an error.", kept, generated, counts, _why_lost(counts))
     from axolotl.utils.dict import DictDefault  # Axolotl reads dataset entries by attribute
 
     entry = {"path": str(result.dataset), "type": result.manifest["format"], "ds_type": "json"}

@@ -15,6 +15,7 @@ from typing import Any
 from axolotl.integrations.base import AdapterCapabilities, BasePlugin
 
 from axolotl_domino.args import DominoConfig, check_in_batch_negatives, refuse_zero3_induction
+from axolotl_domino.errors import user_errors
 
 LOG = logging.getLogger("axolotl.integrations.domino")
 
@@ -57,6 +58,10 @@ class DominoPlugin(BasePlugin):
         """First hook after normalisation, on every rank, before any dataset or model is loaded."""
         if not cfg.get("domino"):
             return None
+        with user_errors():
+            return self._load_datasets(cfg, preprocess)
+
+    def _load_datasets(self, cfg, preprocess: bool):
         from axolotl_domino.cpu import cpu_device_map, cuda_available
 
         if cfg.domino.cpu_safe_defaults and not cuda_available():
@@ -85,6 +90,10 @@ class DominoPlugin(BasePlugin):
     def load_adapter(self, model, cfg, inference: bool = False, config_only: bool = False):
         if not _inducing(cfg):
             return None
+        with user_errors():
+            return self._load_adapter(model, cfg, config_only)
+
+    def _load_adapter(self, model, cfg, config_only: bool):
         from axolotl_domino.induce import DominoPromptModel, prompt_tuning_config
 
         domino = _domino(cfg)
@@ -119,7 +128,8 @@ class DominoPlugin(BasePlugin):
         from axolotl_domino.references import load_references
 
         domino = _domino(cfg)
-        return [InductionDiagnostics(trainer, domino, load_references(domino).texts)]
+        with user_errors():
+            return [InductionDiagnostics(trainer, domino, load_references(domino).texts)]
 
     def get_collator_cls_and_kwargs(self, cfg, is_eval: bool = False):
         if not _inducing(cfg):

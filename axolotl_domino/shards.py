@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from axolotl_domino.errors import DominoError
+
 LOG = logging.getLogger("axolotl.integrations.domino.shards")
 
 
@@ -39,7 +41,7 @@ def my_pending_shards(shard_file: Callable[[int], Path], num_shards: int, rank: 
     return [s for s in range(rank, num_shards, world_size) if not shard_file(s).exists()]
 
 
-class WaitTimeout(RuntimeError):
+class WaitTimeout(DominoError, RuntimeError):
     """Another rank gave no sign of life for too long, or never saw our files: the message says which and why."""
 
 

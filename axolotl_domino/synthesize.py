@@ -47,9 +47,9 @@ class SynthesisResult:
 
 def run_key(domino: DominoConfig, base_model: str, adapter_sha256: str) -> str:
     """Hash of every input that changes the generated samples (batch size is recorded, not keyed; what only
-    the merge reads, like responses.keep_unfinished, is checked by `_finished`)."""
+    the merge reads, like responses.keep_unfinished, is checked by `_finished`; min_kept is checked after)."""
     return digest({
-        "synthesis": domino.synthesis.model_dump(exclude={"adapter", "batch_size"}),
+        "synthesis": domino.synthesis.model_dump(exclude={"adapter", "batch_size", "min_kept"}),
         "responses": domino.responses.model_dump(exclude={"keep_unfinished"}),
         "reference_format": [domino.references.format, domino.references.chat_role],
         "base_model": base_model,

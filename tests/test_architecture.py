@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "axolotl_domino"
 
 # Bottom to top. A module may import only from layers below its own.
 LAYERS = [
+    {"errors"},
     {"args", "files", "cpu", "loss", "sandbox", "shards", "hf", "score.embedder", "score.fidelity", "score.report"},
     {"layout", "embedded", "induce", "generate", "judge", "score.diversity", "score.memorization", "score.plots"},
     {"references", "write", "launch", "respond", "generate_vllm", "filters", "score.scorecard"},

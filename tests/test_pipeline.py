@@ -98,6 +98,20 @@ def test_no_kept_sample_is_a_clear_error_naming_the_key_to_change(tmp_path, lost
     assert ("keep_unfinished" in str(error.value)) == lost.endswith("unfinished")  # only the fix that applies
 
 
+def test_most_samples_lost_is_a_warning_and_min_kept_makes_it_an_error(tmp_path, caplog):
+    counts = {"kept": 2, "generated": 10, "dropped_unfinished": 8}
+    result = SynthesisResult(dataset=tmp_path / "x.jsonl", manifest={"format": "completion", "counts": counts})
+    with caplog.at_level("WARNING", logger="axolotl.integrations.domino.pipeline"):
+        use_synthetic_dataset(DictDefault({"datasets": []}), result)
+    assert "only 2 of 10 synthetic samples were kept" in caplog.text and "max_new_tokens" in caplog.text
+    with pytest.raises(StageError, match=r"only 2 of 10 .*fewer than domino.synthesis.min_kept \(3\).*max_new_tokens"):
+        use_synthetic_dataset(DictDefault({"datasets": []}), result, min_kept=3)
+    caplog.clear()
+    enough = SynthesisResult(dataset=tmp_path / "x.jsonl", manifest={"format": "completion", "counts": {"kept": 6, "generated": 10}})
+    use_synthetic_dataset(DictDefault({"datasets": []}), enough)
+    assert "were kept" not in caplog.text
+
+
 def test_induction_key_follows_content_and_settings_not_the_path(tmp_path):
     domino = _domino(tmp_path)
     key = induction_key(domino, induction_config(domino, "model", {}))

@@ -24,6 +24,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from axolotl_domino.errors import DominoError
+
 
 LOG = logging.getLogger("axolotl.integrations.domino.embed")
 
@@ -35,7 +37,7 @@ _DEFAULT_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"
 PROGRESS_MIN_TEXTS = 512
 
 
-class EmbedderError(RuntimeError):
+class EmbedderError(DominoError, RuntimeError):
     """The embedding model cannot be loaded; the message says what to install or set."""
 
 
