@@ -286,6 +286,16 @@ class DatasetConfig(_Block):
         "({instruction, input, output}) or `chat_template` ({messages}); the last two need responses. "
         "Default: chat_template with responses, completion without.",
     )
+    hf_dataset: bool = Field(
+        default=True,
+        description="Also write the kept rows with their provenance as a Hugging Face dataset folder (parquet + "
+        "dataset card) beside the JSONL: `datasets.load_dataset(folder)` opens it.",
+    )
+    license: str | None = Field(
+        default=None,
+        description="License id for the dataset card's metadata (e.g. cc-by-4.0). Synthetic data inherits the "
+        "terms of the references and of the models that produced it; default `other`.",
+    )
 
 
 INSTRUCTION_LEVELS = ("very poor", "poor", "average", "good", "excellent")

@@ -13,6 +13,7 @@
       synthesize-<hash>.json, synthesize-rank<r>.log       the children's config and output
       <key>/samples/samples-NNNNNN.jsonl, <key>/responses/responses-NNNNNN.jsonl   shards
       <key>/synthetic-<sha>.<format>.jsonl, README.md, manifest.json (last), scorecard.*
+      <key>/hf_dataset/README.md, data/train-00000-of-00001.parquet   the same rows + provenance
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class SynthesisRun:
         self.responses = self.dir / "responses"
         self.manifest = self.dir / MANIFEST_FILE
         self.card = self.dir / CARD_FILE
+        self.hf_dataset = self.dir / "hf_dataset"  # parquet + dataset card: `datasets.load_dataset` opens it
 
     def sample_shard(self, shard: int) -> Path:
         return self.samples / f"samples-{shard:06d}.jsonl"

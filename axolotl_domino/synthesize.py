@@ -34,7 +34,7 @@ from axolotl_domino.layout import Layout, SynthesisRun, source_adapter
 from axolotl_domino.references import load_references, sample_text
 from axolotl_domino.respond import Responder
 from axolotl_domino.shards import Heartbeat, my_pending_shards, rank_and_world, shard_indices, wait_for
-from axolotl_domino.write import instruction, record, write_dataset, write_manifest
+from axolotl_domino.write import HF_PARQUET, instruction, record, write_dataset, write_hf_card, write_hf_dataset, write_manifest
 
 LOG = logging.getLogger("axolotl.integrations.domino.synthesize")
 
@@ -142,10 +142,13 @@ def _finished(run: SynthesisRun, domino: DominoConfig) -> SynthesisResult | None
         return None
     manifest = json.loads(run.manifest.read_text())
     dataset = run.dir / manifest["dataset_file"]
-    merged_as = (manifest["format"], manifest["filters_config"], manifest["responses"].get("keep_unfinished", False))
-    wanted = (domino.dataset.format, domino.filters.model_dump(mode="json"), domino.responses.keep_unfinished)
-    if merged_as != wanted or not dataset.exists():
-        return None  # same samples, other format, filters or response policy: rank 0 merges again
+    merged_as = (manifest["format"], manifest["filters_config"], manifest["responses"].get("keep_unfinished", False),
+                 manifest.get("hf_dataset") is not None)
+    wanted = (domino.dataset.format, domino.filters.model_dump(mode="json"), domino.responses.keep_unfinished,
+              domino.dataset.hf_dataset)
+    intact = dataset.exists() and (not domino.dataset.hf_dataset or (run.hf_dataset / HF_PARQUET).exists())
+    if merged_as != wanted or not intact:
+        return None  # same samples, other format, filters, response policy or exports: rank 0 merges again
     return SynthesisResult(dataset=dataset, manifest=manifest)
 
 
@@ -212,14 +215,17 @@ def _merge(domino, base_model, adapter_sha, run: SynthesisRun, num_shards: int, 
             elif domino.responses.enabled and not (responses[row["index"]]["finished"] or domino.responses.keep_unfinished):
                 counts["dropped_response_unfinished"] += 1
             else:
-                answer = responses[row["index"]]["response"] if domino.responses.enabled else None
-                rows.append({"index": row["index"], "instruction": row["text"], "response": answer})
+                answer = responses[row["index"]] if domino.responses.enabled else None
+                rows.append({"index": row["index"], "instruction": row["text"], "finished": row["finished"],
+                             "response": answer and answer["response"], "response_finished": answer and answer["finished"]})
     references = load_references(domino).texts
     rows, reports = apply_filters(rows, domino.filters, references, base_model=base_model)
     counts["removed_by_filters"] = sum(report.removed for report in reports)
     counts["kept"] = len(rows)
     records = [record(domino.dataset.format, row["instruction"], row["response"]) for row in rows]
     dataset = write_dataset(records, run, domino.dataset.format)
+    if domino.dataset.hf_dataset:
+        write_hf_dataset([{**rec, **_provenance(row, domino, reports)} for rec, row in zip(records, rows)], run)
     adapter = source_adapter(domino)
     induction = json.loads((adapter / METADATA_FILE).read_text()) if (adapter / METADATA_FILE).exists() else {}
     manifest = {
@@ -240,14 +246,33 @@ def _merge(domino, base_model, adapter_sha, run: SynthesisRun, num_shards: int, 
         "num_references": induction.get("num_references", "unknown"),
         "world_size": world_size,
         "seconds_rank0_this_run": round(seconds, 2),
+        "hf_dataset": run.hf_dataset.name if domino.dataset.hf_dataset else None,
     }
+    if domino.dataset.hf_dataset:
+        write_hf_card(run, manifest, domino.dataset.license)
     write_manifest(run, manifest)
     for directory in (run.dir, run.samples, run.responses):
         if directory.exists():
             remove_temporaries(directory)
     LOG.info("domino: wrote %d of %d synthetic samples to %s", counts["kept"], counts["generated"], dataset)
-    write_scorecard(domino, [row["instruction"] for row in rows], references, run.dir)
+    card = write_scorecard(domino, [row["instruction"] for row in rows], references, run.dir)
+    if card is not None and domino.dataset.hf_dataset:
+        write_hf_card(run, manifest, domino.dataset.license, (run.dir / "scorecard.md").read_text())
     return SynthesisResult(dataset=dataset, manifest=manifest)
+
+
+def _provenance(row: dict[str, Any], domino: DominoConfig, reports: list) -> dict[str, Any]:
+    """Where a kept row came from: its sample index and random stream, whether it and its answer ended at EOS,
+    and the filters it passed (the Hugging Face dataset's `domino_*` columns)."""
+    provenance = {
+        "domino_index": row["index"],
+        "domino_sample_seed": sample_seed(domino.synthesis.seed, row["index"]),
+        "domino_sample_finished": row["finished"],
+        "domino_filters_passed": [report.name for report in reports],
+    }
+    if domino.responses.enabled:
+        provenance["domino_response_finished"] = row["response_finished"]
+    return provenance
 
 
 def write_scorecard(

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from axolotl_domino.files import jsonl_bytes, write_atomic
-from axolotl_domino.layout import SynthesisRun
+from axolotl_domino.files import fsync_path, jsonl_bytes, write_atomic
+from axolotl_domino.layout import CARD_FILE, SynthesisRun
 
 
 def record(format: str, instruction: str, response: str | None) -> dict[str, Any]:
@@ -40,6 +41,43 @@ def write_dataset(records: list[dict[str, Any]], run: SynthesisRun, format: str)
     if not path.exists():
         write_atomic(path, data)
     return path
+
+
+HF_PARQUET = "data/train-00000-of-00001.parquet"
+
+
+def write_hf_dataset(rows: list[dict[str, Any]], run: SynthesisRun) -> Path:
+    """The rows (Axolotl columns + `domino_*` provenance) as the parquet file of a Hugging Face dataset folder."""
+    from datasets import Dataset
+
+    parquet = run.hf_dataset / HF_PARQUET
+    parquet.parent.mkdir(parents=True, exist_ok=True)
+    partial = parquet.with_name(f".{parquet.name}.tmp")
+    Dataset.from_list(rows).to_parquet(str(partial))
+    fsync_path(partial)
+    os.replace(partial, parquet)
+    return run.hf_dataset
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "1M<n<10M"
+
+
+def write_hf_card(run: SynthesisRun, manifest: dict[str, Any], license: str | None, scorecard: str | None = None) -> None:
+    """The Hub dataset card of `hf_dataset/`: YAML metadata (license, tags, size, data files), then our card."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    metadata = DatasetCardData(
+        license=license or "other", tags=["synthetic", "domino", "axolotl"], task_categories=["text-generation"],
+        size_categories=[_size_category(manifest["counts"]["kept"])], pretty_name="DOMINO synthetic dataset",
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": HF_PARQUET}]}],
+    )
+    body = dataset_card(manifest) + (f"\n## Scorecard\n\n{scorecard}" if scorecard else "")
+    card = DatasetCard(f"---\n{metadata.to_yaml()}\n---\n\n{body}")
+    write_atomic(run.hf_dataset / CARD_FILE, str(card).encode("utf-8"))
 
 
 def write_manifest(run: SynthesisRun, manifest: dict[str, Any]) -> Path:

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from axolotl_domino.args import DominoConfig, InductionConfig
 from axolotl_domino.files import read_jsonl
+from axolotl_domino.generate import sample_seed
 from axolotl_domino.induce import DominoPromptModel
 from axolotl_domino.layout import MANIFEST_FILE
 from axolotl_domino.synthesize import synthesize
@@ -93,6 +94,39 @@ def test_instruction_formats_with_responses(tiny_model_dir, adapter, tmp_path, f
         else:
             assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
     assert result.manifest["responder_model"] == str(tiny_model_dir)
+
+
+def test_hf_dataset_folder_opens_with_load_dataset_as_the_jsonl_rows_plus_provenance(tiny_model_dir, adapter, tmp_path):
+    import yaml
+    from datasets import load_dataset
+    from huggingface_hub import DatasetCard
+
+    domino = DominoConfig.model_validate(_config(
+        tmp_path, adapter, synthesis={"keep_unfinished": True, "num_samples": 4},
+        responses={"enabled": True, "max_new_tokens": 64, "batch_size": 2, "keep_unfinished": True},
+        dataset={"format": "chat_template", "license": "cc-by-4.0"}, score={"enabled": True, "projection": "pca"},
+    ))
+    result = synthesize(domino, str(tiny_model_dir), rank=0, world_size=1)
+    folder = result.dataset.parent / "hf_dataset"
+    loaded = load_dataset(str(folder), split="train")
+    jsonl = read_jsonl(result.dataset)
+    assert len(loaded) == len(jsonl) == result.manifest["counts"]["kept"] >= 1
+    for hf_row, row in zip(loaded, jsonl):
+        assert {key: hf_row[key] for key in row} == row  # the Axolotl columns, unchanged
+        assert hf_row["domino_sample_seed"] == sample_seed(domino.synthesis.seed, hf_row["domino_index"])
+        assert isinstance(hf_row["domino_sample_finished"], bool) and isinstance(hf_row["domino_response_finished"], bool)
+    assert [r["domino_index"] for r in loaded] == sorted(r["domino_index"] for r in loaded)
+
+    text = (folder / "README.md").read_text()
+    metadata = yaml.safe_load(text.split("---")[1])
+    assert metadata["license"] == "cc-by-4.0" and "synthetic" in metadata["tags"] and metadata["size_categories"] == ["n<1K"]
+    assert DatasetCard.load(folder / "README.md").data.license == "cc-by-4.0"
+    assert "## Scorecard" in text and str(tiny_model_dir) in text  # the scorecard summary and the base model
+
+    before = {p: p.stat().st_mtime_ns for p in (folder / "data").iterdir()}
+    off = DominoConfig.model_validate({**domino.model_dump(), "dataset": {**domino.dataset.model_dump(), "hf_dataset": False}})
+    synthesize(off, str(tiny_model_dir), rank=0, world_size=1)  # turning the export off only merges again
+    assert {p: p.stat().st_mtime_ns for p in (folder / "data").iterdir()} == before
 
 
 def test_unfinished_responses_are_dropped_unless_kept_without_generating_again(tiny_model_dir, adapter, tmp_path):
