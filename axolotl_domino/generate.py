@@ -131,6 +131,9 @@ class PrefixSampler:
             logits = self.model(input_ids=chosen[:, None], past_key_values=cache, use_cache=True).logits[:, -1].float()
         return [Sample(index=i, token_ids=t, finished=f) for i, t, f in zip(indices, tokens, finished)]
 
+    def close(self) -> None:
+        """Nothing to release: the model belongs to the caller (the vLLM sampler shuts its engine down here)."""
+
     def sample_many(self, indices: list[int], progress: tqdm | None = None) -> Iterator[Sample]:
         """All `indices`, batch by batch, updating `progress` with samples/s and tokens/s."""
         started, produced = time.perf_counter(), 0

@@ -37,6 +37,17 @@ class VllmSampler:
             seed=settings.seed,
         )
 
+    def close(self) -> None:
+        """Shut the engine down and return its GPU memory, so the HF responder can load after it."""
+        import gc
+
+        import torch
+
+        del self.llm
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def sample_many(self, indices: list[int], progress: tqdm | None = None) -> Iterator[Sample]:
         from vllm import SamplingParams
 

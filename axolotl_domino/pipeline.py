@@ -239,6 +239,34 @@ def run_induction(domino: DominoConfig, base_model: str, settings: Mapping[str, 
 # --- synthesis -------------------------------------------------------------------------------
 
 
+def check_vllm_launch(domino: DominoConfig, launch: Launch) -> None:
+    """vLLM's tensor parallelism needs one process owning several GPUs; several ranks each own one."""
+    settings = domino.synthesis
+    if settings.backend == "vllm" and settings.tensor_parallel_size > 1 and launch.world_size > 1:
+        raise StageError(
+            f"domino.synthesis.tensor_parallel_size: {settings.tensor_parallel_size} needs one process that owns "
+            f"that many GPUs, but this run has {launch.world_size} ranks, one per GPU. Set tensor_parallel_size: 1 "
+            "(each rank runs its own engine on its own GPU), or synthesise in one process first "
+            "(`axolotl domino synthesize CONFIG` with the GPUs visible) and train after."
+        )
+
+
+def synthesis_env(domino: DominoConfig, launch: Launch) -> dict[str, str]:
+    """The synthesis child's environment. vLLM starts its engine on the first visible GPU, so with several ranks
+    on a node each rank's child sees only its own GPU (and is local rank 0 of it)."""
+    env = stage_env(launch.local_world_size, LOCAL_RANK=str(launch.local_rank))
+    if domino.synthesis.backend == "vllm" and launch.local_world_size > 1:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is None:
+            import torch
+
+            visible = ",".join(str(i) for i in range(torch.cuda.device_count()))
+        devices = [d for d in visible.split(",") if d]
+        if devices:
+            env.update(CUDA_VISIBLE_DEVICES=devices[launch.local_rank % len(devices)], LOCAL_RANK="0")
+    return env
+
+
 def run_synthesis(domino: DominoConfig, base_model: str, launch: Launch, trust_remote_code: bool = False) -> SynthesisResult:
     """Every rank generates its shards in a child process; rank 0's child merges."""
     done = finished(domino, base_model)
@@ -247,7 +275,7 @@ def run_synthesis(domino: DominoConfig, base_model: str, launch: Launch, trust_r
         return done
     config_path = child.write_config(domino, base_model, trust_remote_code)
     LOG.info("domino: synthesising %d samples from D* (rank %d)", domino.synthesis.num_samples, launch.rank)
-    env = stage_env(launch.local_world_size, LOCAL_RANK=str(launch.local_rank))
+    env = synthesis_env(domino, launch)
     run_child(child.command(config_path, launch.rank, launch.world_size), Layout.of(domino).synthesis_log(launch.rank), env)
     result = finished(domino, base_model)
     if result is None:
@@ -264,6 +292,7 @@ def run_pipeline(cfg: Any, launch: Launch | None = None) -> SynthesisResult:
     domino = DominoConfig.model_validate(dict(cfg.domino))  # Axolotl hands the block over as a dict
     base_model = str(cfg.base_model)
     preflight(domino, base_model, bool(cfg.trust_remote_code))
+    check_vllm_launch(domino, launch)
     layout = Layout.of(domino)
     if launch.world_size > 1:  # ranks wait for each other through files: they must all see this folder
         check_shared_dir(layout.launch_markers(launch_id()), launch.rank, launch.world_size, domino.wait_timeout_s)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -115,13 +115,14 @@ def _synthesize(domino: DominoConfig, base_model: str, rank: int, world_size: in
     todo_samples = my_pending_shards(run.sample_shard, len(shards), rank, world_size)
     todo_responses = my_pending_shards(run.response_shard, len(shards), rank, world_size) if domino.responses.enabled else []
     if todo_samples or todo_responses:
-        needs_hf_model = bool(todo_responses) or domino.synthesis.backend == "hf"
-        tokenizer, model = load_model(base_model, rank_device(), trust_remote_code, load_weights=needs_hf_model)
+        # vLLM loads its own copy and takes most of the GPU: the HF weights are loaded only once its engine is gone.
+        hf_sampling = domino.synthesis.backend == "hf"
+        tokenizer, model = load_model(base_model, rank_device(), trust_remote_code, load_weights=hf_sampling)
         if todo_samples:
             domain = load_domain_tokens(source_adapter(domino), hidden_size(base_model, trust_remote_code))
             _generate_shards(domino, base_model, model, tokenizer, domain, shards, todo_samples, run, rank)
         if todo_responses:
-            _respond_shards(domino, base_model, model, tokenizer, shards, todo_responses, run, rank)
+            _respond_shards(domino, base_model, model, tokenizer, shards, todo_responses, run, rank, trust_remote_code)
         del model
 
     layout = Layout.of(domino)
@@ -161,7 +162,7 @@ def _generate_shards(domino, base_model, model, tokenizer, domain, shards, todo,
     else:
         sampler = PrefixSampler(model, tokenizer, domain, settings, settings.stop)
     total = sum(len(shards[s]) for s in todo)
-    with tqdm(total=total, desc=f"domino: sampling from D* (rank {rank})", unit="sample") as progress:
+    with tqdm(total=total, desc=f"domino: sampling from D* (rank {rank})", unit="sample") as progress, closing(sampler):
         for s in todo:
             rows = []
             for sample in sampler.sample_many(shards[s], progress):
@@ -174,10 +175,13 @@ def _generate_shards(domino, base_model, model, tokenizer, domain, shards, todo,
             write_atomic(run.sample_shard(s), jsonl_bytes(rows))
 
 
-def _respond_shards(domino, base_model, model, tokenizer, shards, todo, run: SynthesisRun, rank: int) -> None:
+def _respond_shards(domino, base_model, model, tokenizer, shards, todo, run: SynthesisRun, rank: int,
+                    trust_remote_code: bool) -> None:
     settings = domino.responses
     if settings.model and settings.model != base_model:
         tokenizer, model = load_model(settings.model, rank_device(), settings.trust_remote_code)
+    elif model is None:  # sampled with vLLM: the base model's HF weights were not loaded
+        tokenizer, model = load_model(base_model, rank_device(), trust_remote_code)
     responder = Responder(model, tokenizer, settings)
     total = sum(len(shards[s]) for s in todo)
     with tqdm(total=total, desc=f"domino: answering samples (rank {rank})", unit="sample") as progress:

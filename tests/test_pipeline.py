@@ -12,15 +12,17 @@ from axolotl.utils.dict import DictDefault
 
 from axolotl_domino.args import DominoConfig
 from axolotl_domino.files import DataFileError
-from axolotl_domino.launch import StageError, lock_output_dir, stage_env
+from axolotl_domino.launch import Launch, StageError, lock_output_dir, stage_env
 from axolotl_domino.layout import Layout
 from axolotl_domino.pipeline import (
     SYNTHETIC,
     _usable_checkpoints,
+    check_vllm_launch,
     induction_config,
     inherited_settings,
     induction_key,
     preflight,
+    synthesis_env,
     use_synthetic_dataset,
 )
 from axolotl_domino.synthesize import SynthesisResult
@@ -213,3 +215,20 @@ def test_the_induction_reports_to_the_users_trackers_as_its_own_run_without_chan
     assert induction_key(domino, config) == induction_key(domino, induction_config(domino, "model", {"bf16": False}))
     off = _domino(tmp_path, axolotl={"use_wandb": False})  # the user's override wins
     assert induction_config(off, "model", settings)["use_wandb"] is False
+
+
+def test_each_ranks_vllm_engine_gets_its_own_gpu_and_tensor_parallel_over_ranks_is_refused(tmp_path, monkeypatch):
+    domino = _domino(tmp_path)
+    domino.synthesis.backend = "vllm"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    env = synthesis_env(domino, Launch(rank=5, local_rank=1, world_size=8, local_world_size=4))
+    assert env["CUDA_VISIBLE_DEVICES"] == "5" and env["LOCAL_RANK"] == "0"  # not every engine on the first GPU
+    single = synthesis_env(domino, Launch(rank=0, local_rank=0, world_size=1, local_world_size=1))
+    assert single["CUDA_VISIBLE_DEVICES"] == "4,5,6,7"  # one process: it keeps every GPU (tensor parallelism)
+    domino.synthesis.backend = "hf"
+    assert synthesis_env(domino, Launch(5, 1, 8, 4))["LOCAL_RANK"] == "1"  # the HF sampler picks cuda:LOCAL_RANK
+
+    domino.synthesis.backend, domino.synthesis.tensor_parallel_size = "vllm", 2
+    check_vllm_launch(domino, Launch(0, 0, 1, 1))  # one process owning 2 GPUs: fine
+    with pytest.raises(StageError, match="tensor_parallel_size: 2 needs one process.*8 ranks"):
+        check_vllm_launch(domino, Launch(0, 0, 8, 8))
