@@ -143,7 +143,7 @@ class InductionConfig(_Block):
         default=32, ge=1, description="Samples the memorisation probe draws from D at each eval (synthesis sampling)."
     )
     eval_references: int = Field(
-        default=32,
+        default=16,
         ge=2,
         description="Retrieval is measured on at most this many references (a fixed random subset): "
         "it scores every one under every [D; S_i], n^2 sequences.",
