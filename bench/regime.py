@@ -27,7 +27,7 @@ Measured per (condition, seed), all with the same sampling (temperature 1.0, top
   statements (task_ids 11-510), held-out NLL per token under D of the first 32 of them.
 
 Outputs under --out: <condition>/seed<s>.json (curves, final metrics, a few samples), summary.md (mean and
-spread over seeds), curves.png. The last line printed is `near_copy_ratio: X`, X = mean over seeds of
+population std over every finished seed of each condition), curves.png. The last line printed is `near_copy_ratio: X`, X = mean over seeds of
 `domino_lambda1.0`'s near-copy share divided by the mean of `l1_only`'s, with both held-out MMDs beside it.
 Finished runs are skipped on a rerun.
 
@@ -157,11 +157,12 @@ def mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
-def summarise(out: Path, conditions: list[str], seeds: list[int]) -> dict[str, dict[str, list[float]]]:
+def summarise(out: Path, conditions: list[str]) -> dict[str, dict[str, list[float]]]:
+    """Mean and spread over every finished seed of each condition (conditions may have different seed counts)."""
     table: dict[str, dict[str, list[float]]] = {}
     curves: list[dict] = []
     for condition in conditions:
-        runs = [json.loads((out / condition / f"seed{s}.json").read_text()) for s in seeds]
+        runs = [json.loads(path.read_text()) for path in sorted((out / condition).glob("seed*.json"))]
         table[condition] = {m: [r["final"][m] for r in runs] for m in METRICS if m in runs[0]["final"]}
         for i, entry in enumerate(runs[0]["history"]):
             point = curves[i] if i < len(curves) else {"step": entry["step"], "metrics": {}}
@@ -171,9 +172,10 @@ def summarise(out: Path, conditions: list[str], seeds: list[int]) -> dict[str, d
                 curves.append(point)
     panels = {metric: [f"{c}/{metric}" for c in conditions] for metric in ("near_copy_share", "reference_nll", "heldout_nll")}
     write_atomic(out / "curves.png", curves_png(curves, panels))
-    lines = [f"| condition ({len(seeds)} seeds) | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    lines = ["| condition | seeds | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
     for condition, metrics in table.items():
-        lines.append(f"| {condition} | " + " | ".join(mean_std(metrics[m]) if m in metrics else "-" for m in METRICS) + " |")
+        cells = " | ".join(mean_std(metrics[m]) if m in metrics else "-" for m in METRICS)
+        lines.append(f"| {condition} | {len(metrics['near_copy_share'])} | {cells} |")
     lines += ["", "Near-copy share of the probe (32 samples) over training steps, mean over seeds:", "",
               "| step | " + " | ".join(conditions) + " |", "|---" * (len(conditions) + 1) + "|"]
     for point in curves:
@@ -229,7 +231,7 @@ def main() -> None:
                       "history": run["history"], "final": final, "samples": texts[:20]}
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, (json.dumps(record, indent=1, default=str) + "\n").encode())
-    table = summarise(args.out, args.conditions, args.seeds)
+    table = summarise(args.out, args.conditions)
     if HEADLINE in table and BASELINE in table:
         ratio = np.mean(table[HEADLINE]["near_copy_share"]) / max(np.mean(table[BASELINE]["near_copy_share"]), 1e-9)
         print(f"held-out MMD: {HEADLINE} {np.mean(table[HEADLINE]['mmd_test']):.4f}, {BASELINE} {np.mean(table[BASELINE]['mmd_test']):.4f}")

@@ -3,6 +3,7 @@ last complete checkpoint (D, S, optimizer, RNG) and ends where an uninterrupted 
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 from pathlib import Path
@@ -31,9 +32,11 @@ def _config(smollm2: Path, tmp_path: Path, name: str, references: Path) -> Path:
             "induction": {
                 "num_domain_tokens": 4, "num_sample_tokens": 4, "micro_batch_size": 2, "num_epochs": 6,
                 "learning_rate": 0.01, "negatives": "sampled", "num_negatives": 2, "save_steps": SAVE_STEPS,
+                "eval_steps": 4, "eval_samples": 4,  # the diagnostics run (and resume) without changing D*
                 # The same plugins in every run; only the killed one arms the killer (STEP_ENV).
                 "axolotl": {"plugins": ["axolotl_domino.DominoPlugin", "kill_at_step.KillAtStep"]},
             },
+            "synthesis": {"max_new_tokens": 16},  # the probe's sample length
         },
     }
     return write_yaml(tmp_path / f"{name}.yaml", config)
@@ -70,6 +73,9 @@ def test_killed_induction_resumes_to_the_uninterrupted_result(smollm2, tmp_path)
         resumed, expected = load_file(str(adapter / name)), load_file(str(whole / name))
         for key in expected:
             torch.testing.assert_close(resumed[key], expected[key], rtol=1e-4, atol=1e-5)
+    # The resumed run kept the evals before its checkpoint (step 3) and added the rest: the same history.
+    steps = [[e["step"] for e in json.loads((a / "induction_report.json").read_text())["history"]] for a in (adapter, whole)]
+    assert steps[0] == steps[1] == [4, 8, 12, 16, 20, 24]
     # The same key: nothing to redo.
     again = run_axolotl("domino", "induce", str(config))
     assert "domino: induction up to date" in again.stdout + again.stderr
