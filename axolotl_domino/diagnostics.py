@@ -217,7 +217,7 @@ class InductionDiagnostics(TrainerCallback):
         self.history.append({"step": step, "metrics": metrics, "examples": texts[:3]})
         if self.settings.keep == "best" and best_eval(self.history, self.settings.best_max_near_copy_share) is self.history[-1]:
             write_atomic(self._snapshot(step), save({"prompt_embeddings": model.domain_tokens.detach().float().cpu().contiguous()}))
-        self._write({})
+        self._write(step)  # until the run ends, the D of the latest eval is the one that would be saved
         # Trainer.log clears control.should_log, which would drop this step's regular training log.
         should_log = self.trainer.control.should_log
         self.trainer.log({PREFIX + name: value for name, value in metrics.items()} | {PREFIX + "seconds": seconds})
@@ -228,14 +228,11 @@ class InductionDiagnostics(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or not self.history:
             return
-        kept: dict[str, Any] = {}
-        if self.settings.keep == "best":
-            kept = self._restore_best()
-        self._write(kept)
+        self._write(self._restore_best() if self.settings.keep == "best" else self.history[-1]["step"])
         write_atomic(self._dir / PLOT_FILE, curves_png(self.history, PANELS))
 
-    def _restore_best(self) -> dict[str, Any]:
-        """Put the chosen eval's D into the adapter before Axolotl saves it; the snapshots go."""
+    def _restore_best(self) -> int | None:
+        """Put the chosen eval's D into the adapter before Axolotl saves it; the snapshots go. Returns its step."""
         best = best_eval(self.history, self.settings.best_max_near_copy_share)
         if best is None:
             LOG.warning("domino: keep: best found no eval with near_copy_share <= %.2f; keeping the last D",
@@ -247,15 +244,14 @@ class InductionDiagnostics(TrainerCallback):
             LOG.info("domino: keep: best -> D of step %d (%s)", best["step"], best["metrics"])
         for snapshot in self._dir.glob("eval-step*.domain.safetensors"):
             snapshot.unlink()
-        return {"keep": "best", "kept_step": None if best is None else best["step"]}
+        return None if best is None else best["step"]
 
-    def _write(self, kept: dict[str, Any]) -> None:
+    def _write(self, kept_step: int | None) -> None:
         report = {
             "settings": self.settings.model_dump(mode="json"),
             "near_copy_threshold": self.domino.score.memorization_threshold,
             "seconds_per_eval": float(np.mean(self.seconds)) if self.seconds else None,
-            "keep": self.settings.keep, "kept_step": self.history[-1]["step"],
-            **kept,
+            "keep": self.settings.keep, "kept_step": kept_step,
             "history": self.history,
         }
         write_atomic(self._dir / REPORT_FILE, (json.dumps(report, indent=2) + "\n").encode())

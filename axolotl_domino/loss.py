@@ -44,6 +44,15 @@ def in_batch_negatives(batch_size: int, device: torch.device | None = None) -> T
     return torch.stack([torch.cat([rows[:i], rows[i + 1 :]]) for i in range(batch_size)])
 
 
+def sample_negatives(anchors: list[int], num_references: int, k: int, generator: torch.Generator) -> list[list[int]]:
+    """For each anchor, K reference indices drawn without replacement from all the others (`negatives: sampled`)."""
+    drawn = []
+    for anchor in anchors:
+        pool = torch.tensor([i for i in range(num_references) if i != anchor])
+        drawn.append(pool[torch.randperm(len(pool), generator=generator)[:k]].tolist())
+    return drawn
+
+
 def sequence_logprob(token_logp: Tensor, mask: Tensor, length_normalized: bool) -> Tensor:
     """log p(X | prefix) per row from its tokens' log-probs: [N, T] -> [N]; pads (mask 0) never count."""
     mask = mask.to(token_logp.dtype)

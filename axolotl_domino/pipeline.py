@@ -112,7 +112,8 @@ def preflight(domino: DominoConfig, base_model: str, trust_remote_code: bool = F
 # scorecard's (embedder, near-copy threshold, held-out set).
 _CHILD_BLOCKS = {"references", "induction", "synthesis", "score", "output_dir", "cpu_safe_defaults"}
 # What only the diagnostics read: it changes D* only when `keep: best` chooses by them.
-_EVAL_ONLY = {"synthesis", "score"}, {"eval_steps", "eval_samples", "eval_references", "best_max_near_copy_share"}
+_EVAL_ONLY_BLOCKS = ("synthesis", "score")
+_EVAL_ONLY_KEYS = ("eval_steps", "eval_samples", "eval_references", "best_max_near_copy_share")
 
 
 def induction_config(domino: DominoConfig, base_model: str, settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -161,10 +162,9 @@ def induction_key(domino: DominoConfig, config: Mapping[str, Any]) -> str:
     del inputs["domino"]["references"]["path"]  # the content counts, not where it lies
     del inputs["domino"]["induction"]["save_steps"]
     if domino.induction.keep == "last":
-        blocks, keys = _EVAL_ONLY
-        for block in blocks:
+        for block in _EVAL_ONLY_BLOCKS:
             inputs["domino"].pop(block, None)
-        for key in keys:
+        for key in _EVAL_ONLY_KEYS:
             inputs["domino"]["induction"].pop(key, None)
     for key in _checkpointing(save_steps=1):  # every key checkpointing can set
         inputs.pop(key, None)

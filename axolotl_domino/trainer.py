@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
 from axolotl_domino.hf import pad_right, pad_token_id
+from axolotl_domino.loss import sample_negatives
 from axolotl_domino.references import INDEX_FIELD
 
 
@@ -69,10 +70,7 @@ class DominoInductionTrainer(AxolotlTrainer, _NoLossPerplexity):
                 f"domino.induction.num_negatives: {k} negatives per anchor but only {n} references; "
                 f"set num_negatives <= {n - 1}."
             )
-        drawn = []
-        for anchor in anchors:
-            pool = torch.tensor([i for i in range(n) if i != anchor])
-            drawn.extend(pool[torch.randperm(len(pool), generator=self._negative_rng)[:k]].tolist())
+        drawn = [j for row in sample_negatives(anchors, n, k, self._negative_rng) for j in row]
         rows = [r[r_mask.bool()].tolist() for r, r_mask in zip(inputs["input_ids"], inputs["attention_mask"])]
         rows += [self._ids_by_index[i] for i in drawn]
         ids, mask = pad_right(rows, int(self.data_collator.pad_token_id))

@@ -57,6 +57,7 @@ from axolotl_domino.filters import novelty_reasons  # noqa: E402
 from axolotl_domino.generate import PrefixSampler  # noqa: E402
 from axolotl_domino.hf import pad_right, pad_token_id  # noqa: E402
 from axolotl_domino.induce import DominoPromptModel  # noqa: E402
+from axolotl_domino.loss import sample_negatives  # noqa: E402
 from axolotl_domino.references import reference_token_ids, sample_text  # noqa: E402
 from axolotl_domino.score.diversity import distinct_n, vendi_score  # noqa: E402
 from axolotl_domino.score.embedder import load_embedder  # noqa: E402
@@ -89,15 +90,6 @@ def domino_config(args: argparse.Namespace, references: Path, condition: str, se
     })
 
 
-def negatives_for(batch: list[int], n: int, k: int, rng: torch.Generator) -> list[list[int]]:
-    """K references per anchor drawn from all the others (the trainer's `negatives: sampled`)."""
-    drawn = []
-    for anchor in batch:
-        pool = torch.tensor([i for i in range(n) if i != anchor])
-        drawn.append(pool[torch.randperm(len(pool), generator=rng)[:k]].tolist())
-    return drawn
-
-
 def train_and_probe(args, model, tokenizer, domino: DominoConfig, refs: list[str], heldout: list[str], embedder) -> dict:
     settings = domino.induction
     torch.manual_seed(settings.seed)
@@ -115,7 +107,7 @@ def train_and_probe(args, model, tokenizer, domino: DominoConfig, refs: list[str
         batch, order = order[:MICRO_BATCH], order[MICRO_BATCH:]
         rows, negatives = [ids[i] for i in batch], None
         if settings.negatives == "sampled" and not settings.l1_only:
-            drawn = negatives_for(batch, len(refs), settings.num_negatives, negative_rng)
+            drawn = sample_negatives(batch, len(refs), settings.num_negatives, negative_rng)
             rows += [ids[j] for row in drawn for j in row]
             k = settings.num_negatives
             negatives = torch.arange(MICRO_BATCH, MICRO_BATCH + MICRO_BATCH * k).view(MICRO_BATCH, k)

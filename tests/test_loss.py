@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from axolotl_domino.loss import domino_loss, in_batch_negatives, prefix_logprobs, sequence_logprob
+from axolotl_domino.loss import domino_loss, in_batch_negatives, prefix_logprobs, sample_negatives, sequence_logprob
 
 
 def _batch(num_rows: int, vocab: int = 97, max_len: int = 9, seed: int = 1):
@@ -112,6 +112,13 @@ def test_no_step_holds_logits_for_every_position(tiny_llama, monkeypatch):
     finally:
         hook.remove()
     assert max(rows) <= 4 and sum(r for r in rows if r > 3) > 0  # chunks of 4 (prefix runs keep 1 position each)
+
+
+def test_sampled_negatives_are_distinct_others_and_follow_the_generator():
+    drawn = sample_negatives([0, 3, 3], 6, 4, torch.Generator().manual_seed(7))
+    assert [len(row) for row in drawn] == [4, 4, 4]
+    assert all(anchor not in row and len(set(row)) == 4 for anchor, row in zip([0, 3, 3], drawn))
+    assert drawn == sample_negatives([0, 3, 3], 6, 4, torch.Generator().manual_seed(7))  # resumable from its state
 
 
 def test_in_batch_negatives_exclude_the_anchor():
