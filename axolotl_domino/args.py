@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def _require_file(path: str, key: str, fix: str) -> None:
@@ -243,6 +243,43 @@ class SynthesisConfig(_Block):
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0, description="vLLM memory share.")
 
 
+class EndpointConfig(_Block):
+    """An OpenAI-compatible chat server the user already runs (vLLM, TGI, llama.cpp, `transformers serve`)."""
+
+    base_url: str = Field(description="The server's API root, e.g. http://127.0.0.1:8000/v1.")
+    model: str = Field(description="The model name the server knows (what its /v1/models lists).")
+    api_key_env: str | None = Field(
+        default=None,
+        description="Environment variable holding the API key (e.g. OPENAI_API_KEY); the key itself never goes in "
+        "the YAML. Default: no key (a local server).",
+    )
+    concurrency: int = Field(default=8, ge=1, description="Requests in flight at once.")
+    max_retries: int = Field(
+        default=4, ge=0, description="Retries of a failed request (connection errors, 429, 5xx), with backoff."
+    )
+    timeout_s: float = Field(default=300.0, gt=0, description="Seconds before one request is given up and retried.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_is_http(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"'{url}' is not an http(s) URL; e.g. http://127.0.0.1:8000/v1.")
+        return url
+
+
+def check_one_model_source(model: str | None, endpoint: EndpointConfig | None, key: str) -> None:
+    """A responder or judge is either loaded here (`model`) or asked over HTTP (`endpoint`), never both."""
+    if model and endpoint:
+        raise ValueError(
+            f"{key}.model and {key}.endpoint are both set; keep `model` to load it here, or `endpoint` "
+            "(with endpoint.model naming it on the server) to ask a server."
+        )
+
+
+ENDPOINT_TRANSPORT_KEYS = {"api_key_env": True, "concurrency": True, "max_retries": True, "timeout_s": True}
+"""How requests reach the server, not what it answers: excluded from the keys that say when to redo work."""
+
+
 class ResponsesConfig(_Block):
     """`domino.responses`: a responder model answers each synthetic instruction (instruction domains)."""
 
@@ -251,6 +288,10 @@ class ResponsesConfig(_Block):
     )
     model: str | None = Field(
         default=None, description="Local folder or Hugging Face id of the responder; default: the base model."
+    )
+    endpoint: EndpointConfig | None = Field(
+        default=None,
+        description="Ask an OpenAI-compatible server instead of loading a responder (`model` must then be unset).",
     )
     system_prompt: str | None = Field(default=None, description="System turn before each instruction.")
     instruction_template: str = Field(
@@ -274,6 +315,7 @@ class ResponsesConfig(_Block):
                 "domino.responses.instruction_template: must contain `{instruction}`, where the synthetic "
                 "sample goes."
             )
+        check_one_model_source(self.model, self.endpoint, "domino.responses")
         return self
 
 
@@ -398,6 +440,10 @@ class JudgeFilterConfig(_FilterBlock):
     model: str | None = Field(
         default=None, description="Local folder or Hugging Face id of the judge; default: the base model."
     )
+    endpoint: EndpointConfig | None = Field(
+        default=None,
+        description="Ask an OpenAI-compatible server instead of loading a judge (`model` must then be unset).",
+    )
     keep_instruction_levels: list[str] = Field(
         default_factory=lambda: ["excellent"],
         description=f"Instruction ratings kept, out of {list(INSTRUCTION_LEVELS)} (research pipeline: excellent).",
@@ -428,6 +474,7 @@ class JudgeFilterConfig(_FilterBlock):
                 raise ValueError(
                     f"domino.filters.judge.{key}: {unknown or 'empty'}; choose one or more of {list(levels)}."
                 )
+        check_one_model_source(self.model, self.endpoint, "domino.filters.judge")
         return self
 
 

@@ -67,7 +67,32 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSON Lines file this package wrote (trusted: no per-line checks)."""
     # bytes.splitlines splits on \n and \r only; str.splitlines would also split on U+0085 or U+2028,
     # which json.dumps(ensure_ascii=False) leaves unescaped inside strings.
-    return [json.loads(line) for line in path.read_bytes().splitlines()]
+    return read_jsonl_bytes(path.read_bytes())
+
+
+def read_jsonl_bytes(data: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Append rows durably: a journal of finished work that a killed run reads back with `recover_journal`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as handle:
+        handle.write(jsonl_bytes(rows))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def recover_journal(path: Path) -> list[dict[str, Any]]:
+    """The complete rows of an `append_jsonl` journal (none if absent), cutting off a line torn by a kill
+    so that the next append starts on a line of its own."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) < len(data):
+        os.truncate(path, len(complete))
+    return read_jsonl_bytes(complete)
 
 
 def read_field(

@@ -5,6 +5,7 @@ and one batched chat generator (the responder and the judge are both "a chat mod
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -74,6 +75,8 @@ class Reply(NamedTuple):
 
 
 Conversation = list[dict[str, str]]  # chat turns: {"role", "content"}
+Chat = Callable[..., list[Reply]]
+"""(conversations, max_new_tokens, temperature, top_p, seed) -> one `Reply` each: `ChatGenerator` or a server."""
 
 
 class ChatGenerator:

@@ -16,6 +16,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from axolotl_domino.args import INSTRUCTION_LEVELS, RESPONSE_LEVELS, JudgeFilterConfig
+from axolotl_domino.endpoint import EndpointChat
 from axolotl_domino.hf import ChatGenerator, Conversation
 
 LOG = logging.getLogger("axolotl.integrations.domino.judge")
@@ -102,9 +103,10 @@ def _rate(
 ) -> list[str | None]:
     """Per prompt: None (kept), `<what>_rated_<level>` or `judge_unparsable`."""
     reasons: list[str | None] = []
+    step = settings.endpoint.concurrency if settings.endpoint is not None else settings.batch_size
     with tqdm(total=len(prompts), desc=f"domino: judging {what}s", unit="sample") as progress:
-        for start in range(0, len(prompts), settings.batch_size):
-            batch = prompts[start : start + settings.batch_size]
+        for start in range(0, len(prompts), step):
+            batch = prompts[start : start + step]
             replies = judge([[{"role": "user", "content": prompt}] for prompt in batch])
             for reply in replies:
                 rating = parse_verdict(reply, levels)
@@ -117,7 +119,11 @@ def _rate(
 
 
 def load_judge(settings: JudgeFilterConfig, base_model: str | None) -> Judge:
-    """`settings.model` (else the base model) as a greedy `Judge`."""
+    """The server named by `settings.endpoint`, else `settings.model` (else the base model), as a greedy `Judge`."""
+    if settings.endpoint is not None:
+        LOG.info("domino: the judge is %s at %s", settings.endpoint.model, settings.endpoint.base_url)
+        server = EndpointChat(settings.endpoint, "domino.filters.judge.endpoint")
+        return lambda conversations: [reply.text for reply in server(conversations, settings.max_new_tokens)]
     name = settings.model or base_model
     if name is None:
         raise ValueError("domino.filters.judge.model: no judge model; set it, or pass the base model to apply_filters.")

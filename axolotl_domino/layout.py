@@ -12,6 +12,7 @@
     synthesis/
       synthesize-<hash>.json, synthesize-rank<r>.log       the children's config and output
       <key>/samples/samples-NNNNNN.jsonl, <key>/responses/responses-NNNNNN.jsonl   shards
+      <key>/responses/responses-NNNNNN.jsonl.partial   answers of a shard still being answered (resume point)
       <key>/synthetic-<sha>.<format>.jsonl, README.md, manifest.json (last), scorecard.*
       <key>/hf_dataset/README.md, data/train-00000-of-00001.parquet   the same rows + provenance
 """
@@ -44,6 +45,10 @@ class SynthesisRun:
 
     def response_shard(self, shard: int) -> Path:
         return self.responses / f"responses-{shard:06d}.jsonl"
+
+    def response_journal(self, shard: int) -> Path:
+        """The answers of an unfinished response shard, appended batch by batch (gone once the shard is written)."""
+        return self.responses / f"responses-{shard:06d}.jsonl.partial"
 
     def dataset(self, content_sha: str, format: str) -> Path:
         """Content-addressed: Axolotl caches tokenized data by path, so the name must change with the rows."""

@@ -1,8 +1,9 @@
 """Responses for instruction-style domains: a responder model answers each synthetic instruction.
 
-The responder (by default the base model) sees each instruction as a user turn of its own chat
-template, after an optional system prompt (`hf.ChatGenerator`). A response that hits
-max_new_tokens before EOS is marked unfinished.
+The responder (by default the base model, or a server named by `responses.endpoint`) sees each
+instruction as a user turn of its chat template, after an optional system prompt (`hf.ChatGenerator`
+here, `endpoint.EndpointChat` over HTTP). A response that hits max_new_tokens before EOS is marked
+unfinished.
 """
 
 from __future__ import annotations
@@ -12,14 +13,27 @@ from typing import Any
 from transformers import PreTrainedModel
 
 from axolotl_domino.args import ResponsesConfig
+from axolotl_domino.endpoint import EndpointChat
 from axolotl_domino.generate import sample_seed
-from axolotl_domino.hf import ChatGenerator, Conversation, Reply
+from axolotl_domino.hf import Chat, ChatGenerator, Conversation, Reply
 
 
 class Responder:
-    def __init__(self, model: PreTrainedModel, tokenizer: Any, settings: ResponsesConfig):
-        self.generator = ChatGenerator(model, tokenizer, "domino.responses.model")
-        self.settings = settings
+    def __init__(self, chat: Chat, settings: ResponsesConfig):
+        self.generator, self.settings = chat, settings
+
+    @classmethod
+    def of(cls, settings: ResponsesConfig, model: PreTrainedModel | None, tokenizer: Any) -> Responder:
+        """The server named by `settings.endpoint`, else `model` (loaded by the caller: it may be the base model)."""
+        if settings.endpoint is not None:
+            return cls(EndpointChat(settings.endpoint, "domino.responses.endpoint"), settings)
+        return cls(ChatGenerator(model, tokenizer, "domino.responses.model"), settings)
+
+    @property
+    def batch_size(self) -> int:
+        """Instructions per call: a server gets `concurrency` requests in flight, a local model one batch."""
+        endpoint = self.settings.endpoint
+        return endpoint.concurrency if endpoint is not None else self.settings.batch_size
 
     def messages(self, instruction: str) -> Conversation:
         turns = [{"role": "system", "content": self.settings.system_prompt}] if self.settings.system_prompt else []

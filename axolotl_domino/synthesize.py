@@ -24,8 +24,10 @@ from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from axolotl_domino.args import DominoConfig
-from axolotl_domino.files import digest, file_sha256, jsonl_bytes, read_jsonl, remove_temporaries, write_atomic
+from axolotl_domino.args import ENDPOINT_TRANSPORT_KEYS, DominoConfig
+from axolotl_domino.files import (
+    append_jsonl, digest, file_sha256, jsonl_bytes, read_jsonl, recover_journal, remove_temporaries, write_atomic,
+)
 from axolotl_domino.filters import apply_filters
 from axolotl_domino.generate import PrefixSampler, sample_seed
 from axolotl_domino.hf import hidden_size, load_model, rank_device
@@ -50,11 +52,20 @@ def run_key(domino: DominoConfig, base_model: str, adapter_sha256: str) -> str:
     the merge reads, like responses.keep_unfinished, is checked by `_finished`; min_kept is checked after)."""
     return digest({
         "synthesis": domino.synthesis.model_dump(exclude={"adapter", "batch_size", "min_kept"}),
-        "responses": domino.responses.model_dump(exclude={"keep_unfinished"}),
+        "responses": _responder_key(domino),
         "reference_format": [domino.references.format, domino.references.chat_role],
         "base_model": base_model,
         "adapter_sha256": adapter_sha256,
     })
+
+
+def _responder_key(domino: DominoConfig) -> dict[str, Any]:
+    """The responder settings that change the answers: not how requests reach a server, and no `endpoint`
+    entry without one (keys of runs from before endpoints existed stay valid)."""
+    settings = domino.responses.model_dump(exclude={"keep_unfinished": True, "endpoint": ENDPOINT_TRANSPORT_KEYS})
+    if settings["endpoint"] is None:
+        del settings["endpoint"]
+    return settings
 
 
 def load_domain_tokens(adapter: Path, hidden: int) -> Tensor:
@@ -115,8 +126,9 @@ def _synthesize(domino: DominoConfig, base_model: str, rank: int, world_size: in
     todo_samples = my_pending_shards(run.sample_shard, len(shards), rank, world_size)
     todo_responses = my_pending_shards(run.response_shard, len(shards), rank, world_size) if domino.responses.enabled else []
     if todo_samples or todo_responses:
-        # vLLM loads its own copy and takes most of the GPU: the HF weights are loaded only once its engine is gone.
-        hf_sampling = domino.synthesis.backend == "hf"
+        # vLLM loads its own copy and takes most of the GPU: HF weights are loaded only once its engine is gone,
+        # and only for a local responder (`_respond_shards`).
+        hf_sampling = bool(todo_samples) and domino.synthesis.backend == "hf"
         tokenizer, model = load_model(base_model, rank_device(), trust_remote_code, load_weights=hf_sampling)
         if todo_samples:
             domain = load_domain_tokens(source_adapter(domino), hidden_size(base_model, trust_remote_code))
@@ -177,24 +189,29 @@ def _generate_shards(domino, base_model, model, tokenizer, domain, shards, todo,
 
 def _respond_shards(domino, base_model, model, tokenizer, shards, todo, run: SynthesisRun, rank: int,
                     trust_remote_code: bool) -> None:
+    """Answers per shard; each batch is journaled as it comes back, so a killed run asks only what is unanswered."""
     settings = domino.responses
-    if settings.model and settings.model != base_model:
+    if settings.endpoint is None and settings.model and settings.model != base_model:
         tokenizer, model = load_model(settings.model, rank_device(), settings.trust_remote_code)
-    elif model is None:  # sampled with vLLM: the base model's HF weights were not loaded
+    elif settings.endpoint is None and model is None:  # sampled with vLLM or done before: base weights not loaded
         tokenizer, model = load_model(base_model, rank_device(), trust_remote_code)
-    responder = Responder(model, tokenizer, settings)
+    responder = Responder.of(settings, model, tokenizer)
     total = sum(len(shards[s]) for s in todo)
     with tqdm(total=total, desc=f"domino: answering samples (rank {rank})", unit="sample") as progress:
         for s in todo:
             samples = [row for row in read_jsonl(run.sample_shard(s)) if _usable(row, domino)]
-            rows = []
-            for start in range(0, len(samples), settings.batch_size):
-                batch = samples[start : start + settings.batch_size]
+            journal = run.response_journal(s)
+            rows = recover_journal(journal)
+            progress.update(len(shards[s]) - len(samples) + len(rows))
+            for start in range(len(rows), len(samples), responder.batch_size):
+                batch = samples[start : start + responder.batch_size]
                 answers = responder.answer([row["text"] for row in batch], sample_seed(domino.synthesis.seed + 1, batch[0]["index"]))
-                rows += [{"index": row["index"], "response": text, "finished": ok} for row, (text, ok) in zip(batch, answers)]
+                answered = [{"index": row["index"], "response": text, "finished": ok} for row, (text, ok) in zip(batch, answers)]
+                append_jsonl(journal, answered)
+                rows += answered
                 progress.update(len(batch))
-            progress.update(len(shards[s]) - len(samples))
             write_atomic(run.response_shard(s), jsonl_bytes(rows))
+            journal.unlink(missing_ok=True)
 
 
 def _usable(row: dict[str, Any], domino: DominoConfig) -> bool:

@@ -12,9 +12,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "axolotl_domino"
 LAYERS = [
     {"errors"},
     {"args", "files", "cpu", "loss", "sandbox", "shards", "hf", "score.embedder", "score.fidelity", "score.report"},
-    {"layout", "embedded", "induce", "generate", "judge", "score.diversity", "score.memorization", "score.plots"},
-    {"references", "write", "launch", "respond", "generate_vllm", "filters", "score.scorecard"},
-    {"trainer", "diagnostics", "score"},
+    {"layout", "embedded", "induce", "generate", "endpoint", "score.diversity", "score.memorization", "score.plots"},
+    {"references", "write", "launch", "respond", "generate_vllm", "judge", "score.scorecard"},
+    {"trainer", "diagnostics", "filters", "score"},
     {"synthesize"},
     {"child"},
     {"pipeline"},

@@ -68,6 +68,12 @@ def test_no_domino_block_is_a_no_op(validate):
         ({"references": {"path": REFS}, "induction": {"l1_only": True}}, "domino.induction.num_sample_tokens"),
         ({"references": {"path": REFS}, "inductoin": {}}, "domino.inductoin"),
         ({}, "domino.references"),
+        ({"references": {"path": REFS}, "responses": {"endpoint": {"base_url": "localhost:8000", "model": "m"}}},
+         "domino.responses.endpoint.base_url"),
+        ({"references": {"path": REFS}, "responses": {"model": "a", "endpoint": {"base_url": "http://h/v1", "model": "m"}}},
+         "domino.responses.model and domino.responses.endpoint"),
+        ({"references": {"path": REFS}, "filters": {"judge": {"model": "a", "endpoint": {"base_url": "http://h/v1", "model": "m"}}}},
+         "domino.filters.judge.model and domino.filters.judge.endpoint"),
     ],
 )
 def test_invalid_values_name_their_key(validate, block, key):

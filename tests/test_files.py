@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from axolotl_domino.files import DataFileError, digest, read_field
+from axolotl_domino.files import DataFileError, append_jsonl, digest, read_field, recover_journal
 
 
 def _read(tmp_path, content: str, **kwargs):
@@ -51,3 +51,14 @@ def test_digest_is_the_short_sha256_of_canonical_json():
     value = {"b": [1, 2], "a": "x"}
     assert digest(value) == hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
     assert digest(value) == digest({"a": "x", "b": [1, 2]})
+
+
+def test_a_journal_torn_by_a_kill_keeps_its_complete_rows_and_the_next_append_starts_a_new_line(tmp_path):
+    journal = tmp_path / "answers.jsonl.partial"
+    assert recover_journal(journal) == []
+    append_jsonl(journal, [{"index": 0}, {"index": 1}])
+    with open(journal, "ab") as handle:  # a write cut off by kill -9
+        handle.write(b'{"index": 2, "resp')
+    assert recover_journal(journal) == [{"index": 0}, {"index": 1}]
+    append_jsonl(journal, [{"index": 2}])
+    assert recover_journal(journal) == [{"index": 0}, {"index": 1}, {"index": 2}]

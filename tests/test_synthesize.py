@@ -17,6 +17,7 @@ from axolotl_domino.files import read_jsonl
 from axolotl_domino.generate import sample_seed
 from axolotl_domino.induce import DominoPromptModel
 from axolotl_domino.layout import MANIFEST_FILE
+from axolotl_domino.respond import Responder
 from axolotl_domino.synthesize import synthesize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,7 +153,17 @@ import torch.distributed as dist
 from axolotl_domino import files, synthesize as stage
 from axolotl_domino.args import DominoConfig
 config, model, world, kill = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[4]), sys.argv[5]
-if kill:  # "<n>:before" or "<n>:after": kill -9 at this run's n-th sample shard, before or after its rename
+if kill.startswith("answers:"):  # kill -9 right after the n-th batch of answers reached the journal
+    appended = []
+
+    def append_jsonl(path, rows):
+        files.append_jsonl(path, rows)
+        appended.append(path)
+        if len(appended) == int(kill.split(":")[1]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    stage.append_jsonl = append_jsonl
+elif kill:  # "<n>:before" or "<n>:after": kill -9 at this run's n-th sample shard, before or after its rename
     n, when = int(kill.split(":")[0]), kill.split(":")[1]
     shards = []
 
@@ -215,6 +226,31 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_dataset(tiny_model_dir, adapt
     assert indices == list(range(48))
     assert resumed.dataset.read_bytes() == reference.dataset.read_bytes()
     assert not list(samples.glob("**/.*.tmp-*"))
+
+
+def test_a_run_killed_while_answering_asks_only_the_unanswered_samples_and_gives_the_same_dataset(
+    tiny_model_dir, adapter, tmp_path, monkeypatch
+):
+    settings = {
+        "synthesis": {"num_samples": 8, "shard_size": 8, "keep_unfinished": True},
+        "responses": {"enabled": True, "max_new_tokens": 6, "batch_size": 2, "keep_unfinished": True},
+    }
+    reference = synthesize(DominoConfig.model_validate(_config(tmp_path / "a", adapter, **settings)), str(tiny_model_dir), 0, 1)
+    config = _config(tmp_path / "b", adapter, **settings)
+    proc = _run(config, tiny_model_dir, kill="answers:2")  # two batches of two answered, then kill -9
+    assert proc.wait(timeout=300) == -9, proc.stderr.read().decode()[-3000:]
+    (journal,) = (Path(config["output_dir"]) / "synthesis").glob("*/responses/responses-000000.jsonl.partial")
+    answered = [row["index"] for row in read_jsonl(journal)]
+    assert len(answered) == 4
+
+    asked: list[str] = []
+    answer = Responder.answer
+    monkeypatch.setattr(Responder, "answer", lambda self, texts, seed: asked.extend(texts) or answer(self, texts, seed))
+    resumed = synthesize(DominoConfig.model_validate(config), str(tiny_model_dir), rank=0, world_size=1)
+    samples = {row["index"]: row["text"] for row in read_jsonl(journal.parent.parent / "samples" / "samples-000000.jsonl")}
+    assert sorted(asked) == sorted(text for index, text in samples.items() if index not in answered)
+    assert resumed.dataset.read_bytes() == reference.dataset.read_bytes()
+    assert not journal.exists()
 
 
 def test_two_gloo_ranks_merge_to_the_single_rank_dataset(tiny_model_dir, adapter, tmp_path):

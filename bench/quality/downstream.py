@@ -87,7 +87,7 @@ def answer_all(model, tokenizer, instructions: list[str], args: argparse.Namespa
     """(answer, finished) per instruction from the package's Responder: greedy, under the code system turn."""
     settings = ResponsesConfig(enabled=True, system_prompt=CODE_SYSTEM, max_new_tokens=args.response_tokens,
                                batch_size=args.response_batch)
-    responder, answers, size = Responder(model, tokenizer, settings), [], args.response_batch
+    responder, answers, size = Responder.of(settings, model, tokenizer), [], args.response_batch
     for start in tqdm(range(0, len(instructions), size), desc=desc, unit="batch", leave=False):
         answers += responder.answer(instructions[start : start + size], seed=0)
     return answers
