@@ -8,12 +8,17 @@ this module adds the concurrency and turns a failure into a message naming the k
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 from axolotl_domino.args import EndpointConfig
 from axolotl_domino.errors import DominoError
 from axolotl_domino.hf import Conversation, Reply
+
+LOG = logging.getLogger("axolotl.integrations.domino.endpoint")
 
 
 class EndpointError(DominoError):
@@ -31,6 +36,19 @@ def api_key(settings: EndpointConfig, key: str) -> str:
             f"server's API key, or remove api_key_env for a server without auth."
         )
     return value
+
+
+def check_endpoint(settings: EndpointConfig, key: str) -> None:
+    """Before any heavy work: a missing API key is an error; a server not reachable yet is a warning (it may be
+    started while induction runs, and synthesis then fails with the same message if it still is not)."""
+    api_key(settings, key)
+    url = urlsplit(settings.base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=5).close()
+    except OSError as exc:
+        LOG.warning("domino: %s: %s is not reachable from this node now (%s); synthesis will need it.",
+                    key, settings.base_url, exc.strerror or exc)
 
 
 class EndpointChat:

@@ -28,6 +28,7 @@ import yaml
 
 from axolotl_domino import child
 from axolotl_domino.args import DominoConfig, refuse_zero3_induction
+from axolotl_domino.endpoint import check_endpoint
 from axolotl_domino.files import digest, write_atomic
 from axolotl_domino.launch import Launch, StageError, free_port, lock_output_dir, run_child, stage_env
 from axolotl_domino.layout import Layout
@@ -90,6 +91,12 @@ def preflight(domino: DominoConfig, base_model: str, trust_remote_code: bool = F
     except ValueError as exc:
         raise StageError(str(exc)) from None
     load_references(domino)
+    for enabled, endpoint, key in (
+        (domino.responses.enabled, domino.responses.endpoint, "domino.responses.endpoint"),
+        (domino.filters.judge.enabled, domino.filters.judge.endpoint, "domino.filters.judge.endpoint"),
+    ):
+        if enabled and endpoint is not None:
+            check_endpoint(endpoint, key)
     if domino.score.heldout_path:
         load_heldout(domino.score.heldout_path, domino.score.heldout_field)  # read by induction and the scorecard
     if domino.synthesis.adapter is None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from axolotl.utils.dict import DictDefault
 
-from axolotl_domino.args import DominoConfig
+from axolotl_domino.args import DominoConfig, ResponsesConfig
+from axolotl_domino.endpoint import EndpointError
 from axolotl_domino.files import DataFileError
 from axolotl_domino.launch import Launch, StageError, lock_output_dir, stage_env
 from axolotl_domino.layout import Layout
@@ -198,6 +199,11 @@ def test_preflight_names_the_key_and_the_fix(tmp_path, tiny_model_dir):
     with_heldout.score.heldout_path = str(empty)  # read by the induction's diagnostics: fail before they start
     with pytest.raises(DataFileError, match="domino.score.heldout_path: .*heldout.jsonl holds no samples"):
         preflight(with_heldout, str(tiny_model_dir))
+    served = config()
+    served.responses = ResponsesConfig(enabled=True, endpoint={"base_url": "http://127.0.0.1:9/v1", "model": "m",
+                                                               "api_key_env": "DOMINO_UNSET_KEY"})
+    with pytest.raises(EndpointError, match="domino.responses.endpoint.api_key_env: .*DOMINO_UNSET_KEY is not set"):
+        preflight(served, str(tiny_model_dir))
     (tmp_path / "refs.jsonl").write_text('{"text": "only one"}\n')
     with pytest.raises(DataFileError, match="at least 2"):
         preflight(config(), str(tiny_model_dir))
