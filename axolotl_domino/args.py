@@ -57,6 +57,16 @@ def refuse_zero3_induction(deepspeed: Any, key: str) -> None:
         )
 
 
+def check_repo_id(repo: str | None) -> str | None:
+    if repo is not None and (repo.count("/") != 1 or not all(repo.split("/"))):
+        raise ValueError(f"'{repo}' is not a Hub repository id; write it as org/name (or user/name).")
+    return repo
+
+
+PUSH_FIELDS = {"push_to_hub", "private"}
+"""Where a result is published, not what it is: no stage key includes them."""
+
+
 class _Block(BaseModel):
     """Base of every `domino:` sub-block: typos are errors, not silently ignored keys."""
 
@@ -157,6 +167,17 @@ class InductionConfig(_Block):
     best_max_near_copy_share: float = Field(
         default=0.1, ge=0.0, le=1.0, description="The memorisation cap of `keep: best`."
     )
+    push_to_hub: str | None = Field(
+        default=None,
+        description="Hub repository (org/name) to push D* to as a PEFT adapter with its model card, after every "
+        "induction run or skip; needs a token with write access (HF_TOKEN or `hf auth login`).",
+    )
+    private: bool = Field(default=True, description="Create the `push_to_hub` repository as private.")
+
+    @field_validator("push_to_hub")
+    @classmethod
+    def _push_repo(cls, repo: str | None) -> str | None:
+        return check_repo_id(repo)
     seed: int = Field(
         default=0, description="Seed of the soft-token initialisation, the sampled negatives and the data order."
     )
@@ -338,6 +359,23 @@ class DatasetConfig(_Block):
         description="License id for the dataset card's metadata (e.g. cc-by-4.0). Synthetic data inherits the "
         "terms of the references and of the models that produced it; default `other`.",
     )
+    push_to_hub: str | None = Field(
+        default=None,
+        description="Hub dataset repository (org/name) to push `hf_dataset/` (parquet + card) to after synthesis; "
+        "needs `hf_dataset: true` and a token with write access (HF_TOKEN or `hf auth login`).",
+    )
+    private: bool = Field(default=True, description="Create the `push_to_hub` repository as private.")
+
+    @field_validator("push_to_hub")
+    @classmethod
+    def _push_repo(cls, repo: str | None) -> str | None:
+        return check_repo_id(repo)
+
+    @model_validator(mode="after")
+    def _push_needs_folder(self) -> "DatasetConfig":
+        if self.push_to_hub and not self.hf_dataset:
+            raise ValueError("domino.dataset.push_to_hub pushes the hf_dataset/ folder; set hf_dataset: true.")
+        return self
 
 
 INSTRUCTION_LEVELS = ("very poor", "poor", "average", "good", "excellent")

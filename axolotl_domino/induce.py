@@ -175,3 +175,48 @@ class DominoPromptModel(PeftModelForCausalLM):
             write_atomic(directory / SAMPLE_TOKENS_FILE, save(self.domino_sample.tensors()))
         metadata = json.dumps(self.domino_metadata, indent=2, sort_keys=True) + "\n"
         write_atomic(directory / METADATA_FILE, metadata.encode())
+        write_atomic(directory / "README.md", model_card(self.domino_metadata).encode("utf-8"))
+
+
+def model_card(metadata: dict[str, Any]) -> str:
+    """The Hub model card of D* (replacing PEFT's empty template): YAML metadata, what D* is, how to use it."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    base = metadata.get("base_model")
+    settings = metadata["induction"]
+    hub_base = base if base and not base.startswith((".", "/", "~")) and base.count("/") == 1 else None
+    data = ModelCardData(
+        library_name="peft", base_model=hub_base, pipeline_tag="text-generation",
+        tags=["peft", "prompt-tuning", "domino", "axolotl", "synthetic-data"],
+    )
+    objective = "L1 only (plain prompt tuning)" if settings["l1_only"] else (
+        f"L1 + {settings['contrastive_weight']} x L2 ({settings['contrastive_form']} form, {settings['negatives']} "
+        "negatives)"
+    )
+    body = f"""# DOMINO domain tokens D*
+
+{settings["num_domain_tokens"]} soft tokens that stand for a domain induced by
+axolotl-domino from {metadata["num_references"]} reference samples
+(sha256 `{str(metadata.get("references_sha256", ""))[:16]}...`) on the frozen base model `{base}`. Generating from D*
+alone gives new samples of that domain. It is a standard PEFT prompt-tuning adapter:
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}"), "<this folder or repo>")
+```
+
+| | |
+| --- | --- |
+| objective | {objective} |
+| sample tokens per reference (l) | {settings["num_sample_tokens"]} (`sample_token_rank` {settings["sample_token_rank"]}) |
+| likelihood | {settings["likelihood"]} |
+| learning rate, epochs | {settings["learning_rate"]}, {settings["num_epochs"]} |
+| D* kept | {settings["keep"]} |
+
+`sample_tokens.safetensors` holds S (one set per reference; not needed to generate), `domino_induction.json`
+the full settings, and `induction_report.json` (when diagnostics ran) retrieval, memorisation and likelihood
+over the training steps. D* was trained on the references only; what it generates inherits their terms.
+"""
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))

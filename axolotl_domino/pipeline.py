@@ -27,11 +27,12 @@ from typing import Any
 import yaml
 
 from axolotl_domino import child
-from axolotl_domino.args import DominoConfig, refuse_zero3_induction
+from axolotl_domino.args import PUSH_FIELDS, DominoConfig, refuse_zero3_induction
 from axolotl_domino.endpoint import check_endpoint
 from axolotl_domino.files import digest, write_atomic
 from axolotl_domino.launch import Launch, StageError, free_port, lock_output_dir, run_child, stage_env
 from axolotl_domino.layout import Layout
+from axolotl_domino.publish import ADAPTER_FILES, check_hub_access, push_folder
 from axolotl_domino.references import chat_turn_header, load_references
 from axolotl_domino.score.scorecard import load_heldout
 from axolotl_domino.shards import Heartbeat, check_shared_dir, launch_id, wait_until
@@ -91,6 +92,10 @@ def preflight(domino: DominoConfig, base_model: str, trust_remote_code: bool = F
     except ValueError as exc:
         raise StageError(str(exc)) from None
     load_references(domino)
+    for repo, key in ((domino.induction.push_to_hub, "domino.induction.push_to_hub"),
+                      (domino.dataset.push_to_hub, "domino.dataset.push_to_hub")):
+        if repo:
+            check_hub_access(key)
     for enabled, endpoint, key in (
         (domino.responses.enabled, domino.responses.endpoint, "domino.responses.endpoint"),
         (domino.filters.judge.enabled, domino.filters.judge.endpoint, "domino.filters.judge.endpoint"),
@@ -131,7 +136,9 @@ def induction_config(domino: DominoConfig, base_model: str, settings: Mapping[st
         **settings,
         "plugins": ["axolotl_domino.DominoPlugin"],
         "adapter": "domino_prompt",
-        "domino": domino.model_dump(mode="json", exclude_none=True, include=_CHILD_BLOCKS),
+        # Publishing is the parent's job after the stage: the child never sees where D* goes.
+        "domino": domino.model_dump(mode="json", exclude_none=True, include=_CHILD_BLOCKS,
+                                    exclude={"induction": PUSH_FIELDS}),
         "sequence_len": domino.references.max_tokens + 1,
         "sample_packing": False,
         "micro_batch_size": ind.micro_batch_size,
@@ -214,7 +221,17 @@ def induction_status(domino: DominoConfig, base_model: str, settings: Mapping[st
 
 
 def run_induction(domino: DominoConfig, base_model: str, settings: Mapping[str, Any], launch: Launch) -> Path:
-    """Induce D* (rank 0, data-parallel over this node's ranks) unless up to date; return the adapter folder."""
+    """Induce D* (rank 0, data-parallel over this node's ranks) unless up to date; return the adapter folder.
+
+    With `induction.push_to_hub`, rank 0 then pushes it (an unchanged adapter makes no new Hub commit)."""
+    adapter = _induce(domino, base_model, settings, launch)
+    repo = domino.induction.push_to_hub
+    if repo and launch.rank == 0:
+        push_folder(adapter, repo, "model", domino.induction.private, ADAPTER_FILES, "domino.induction.push_to_hub")
+    return adapter
+
+
+def _induce(domino: DominoConfig, base_model: str, settings: Mapping[str, Any], launch: Launch) -> Path:
     layout = Layout.of(domino)
     config = induction_config(domino, base_model, settings)
     key = induction_key(domino, config)

@@ -33,6 +33,7 @@ from axolotl_domino.generate import PrefixSampler, sample_seed
 from axolotl_domino.hf import hidden_size, load_model, rank_device
 from axolotl_domino.induce import METADATA_FILE
 from axolotl_domino.layout import Layout, SynthesisRun, source_adapter
+from axolotl_domino.publish import DATASET_FILES, check_hub_access, push_folder
 from axolotl_domino.references import load_references, sample_text
 from axolotl_domino.respond import Responder
 from axolotl_domino.shards import Heartbeat, my_pending_shards, rank_and_world, shard_indices, wait_for
@@ -106,12 +107,20 @@ def synthesize(
 ) -> SynthesisResult:
     """Run (or resume, or skip when done) the synthesis stage on this rank; every rank returns the result.
 
-    `trust_remote_code` applies to the base model only and is never turned on implicitly.
+    `trust_remote_code` applies to the base model only and is never turned on implicitly. With
+    `dataset.push_to_hub`, rank 0 pushes the Hugging Face dataset folder once the stage is done (or skipped).
     """
     if rank is None or world_size is None:
         rank, world_size = rank_and_world()
+    repo = domino.dataset.push_to_hub if rank == 0 else None
+    if repo:
+        check_hub_access("domino.dataset.push_to_hub")
     with Heartbeat(Layout.of(domino).heartbeat(rank)) if world_size > 1 else nullcontext():
-        return _synthesize(domino, base_model, rank, world_size, trust_remote_code)
+        result = _synthesize(domino, base_model, rank, world_size, trust_remote_code)
+    if repo:
+        push_folder(SynthesisRun(result.dataset.parent).hf_dataset, repo, "dataset", domino.dataset.private, DATASET_FILES,
+                    "domino.dataset.push_to_hub")
+    return result
 
 
 def _synthesize(domino: DominoConfig, base_model: str, rank: int, world_size: int, trust_remote_code: bool) -> SynthesisResult:
