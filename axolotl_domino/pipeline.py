@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
+import time
 from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -34,9 +36,10 @@ from axolotl_domino.launch import Launch, StageError, free_port, lock_output_dir
 from axolotl_domino.layout import Layout
 from axolotl_domino.publish import ADAPTER_FILES, check_hub_access, push_folder
 from axolotl_domino.references import chat_turn_header, load_references
-from axolotl_domino.score.scorecard import load_heldout
+from axolotl_domino.score.scorecard import JSON_FILE as SCORECARD_JSON, load_heldout
 from axolotl_domino.shards import Heartbeat, check_shared_dir, launch_id, wait_until
-from axolotl_domino.synthesize import SynthesisResult, finished
+from axolotl_domino.synthesize import SynthesisResult, current_run, finished
+from axolotl_domino.tracking import flat_numbers, report_synthesis
 
 LOG = logging.getLogger("axolotl.integrations.domino.pipeline")
 
@@ -211,6 +214,43 @@ def induction_up_to_date(layout: Layout, key: str) -> bool:
     return layout.induction_done.exists() and json.loads(layout.induction_done.read_text()).get("key") == key
 
 
+class StagePlan(NamedTuple):
+    action: str  # run, resume from what, or skip and why
+    last_seconds: float | None  # what the stage took when it last ran here, if it did
+
+
+def stage_plans(domino: DominoConfig, base_model: str, settings: Mapping[str, Any]) -> dict[str, StagePlan]:
+    """What `axolotl train` would do at each DOMINO stage now, read from `output_dir` without changing it."""
+    layout, plans = Layout.of(domino), {}
+    if domino.synthesis.adapter:
+        plans["induction"] = StagePlan("skip: D* given by domino.synthesis.adapter", None)
+    else:
+        key = induction_key(domino, induction_config(domino, base_model, settings))
+        done = json.loads(layout.induction_done.read_text()) if layout.induction_done.exists() else {}
+        if done.get("key") == key:
+            plans["induction"] = StagePlan("skip: up to date", done.get("seconds"))
+        else:
+            mine = layout.checkpoints_key.exists() and layout.checkpoints_key.read_text().strip() == key
+            saved = [c for c in sorted(layout.adapter.glob("checkpoint-*")) if (c / "trainer_state.json").is_file()]
+            plans["induction"] = StagePlan(f"resume from {saved[-1].name}" if mine and saved else "run", None)
+    if not plans["induction"].action.startswith("skip"):
+        plans["synthesis"] = StagePlan("run, on the new D*", None)
+        return plans
+    result = finished(domino, base_model)
+    if result is not None:
+        plans["synthesis"] = StagePlan("skip: up to date", result.manifest.get("seconds_rank0_this_run"))
+        return plans
+    run = current_run(domino, base_model)[0]
+    total = math.ceil(domino.synthesis.num_samples / domino.synthesis.shard_size)
+    done = len(list(run.samples.glob("samples-*.jsonl"))), len(list(run.responses.glob("responses-*.jsonl")))
+    if any(done):
+        answered = f", {done[1]} of {total} answered" if domino.responses.enabled else ""
+        plans["synthesis"] = StagePlan(f"resume: {done[0]} of {total} sample shards done{answered}", None)
+    else:
+        plans["synthesis"] = StagePlan("run", None)
+    return plans
+
+
 def induction_status(domino: DominoConfig, base_model: str, settings: Mapping[str, Any]) -> str:
     """One line on the induction stage for these inputs (`axolotl domino report`)."""
     if domino.synthesis.adapter:
@@ -253,8 +293,10 @@ def _induce(domino: DominoConfig, base_model: str, settings: Mapping[str, Any], 
     else:  # in-process: no `accelerate launch` layer holding its own copy of torch in memory
         command += ["--launcher", "python"]
     LOG.info("domino: inducing the domain: %s", " ".join(command))
+    started = time.monotonic()
     run_child(command, layout.induction_log(key), stage_env(launch.local_world_size))
-    write_atomic(layout.induction_done, json.dumps({"key": key, "config": config_path.name}).encode())
+    done = {"key": key, "config": config_path.name, "seconds": round(time.monotonic() - started, 1)}
+    write_atomic(layout.induction_done, json.dumps(done).encode())
     for checkpoint in layout.adapter.glob("checkpoint-*"):  # D* is final; S and optimizer copies only cost disk now
         shutil.rmtree(checkpoint)
     return layout.adapter
@@ -291,8 +333,12 @@ def synthesis_env(domino: DominoConfig, launch: Launch) -> dict[str, str]:
     return env
 
 
-def run_synthesis(domino: DominoConfig, base_model: str, launch: Launch, trust_remote_code: bool = False) -> SynthesisResult:
-    """Every rank generates its shards in a child process; rank 0's child merges."""
+def run_synthesis(
+    domino: DominoConfig, base_model: str, launch: Launch, trust_remote_code: bool = False,
+    config: Mapping[str, Any] | None = None,
+) -> SynthesisResult:
+    """Every rank generates its shards in a child process; rank 0's child merges, then rank 0 reports the stage
+    to the trackers `config` (the outer YAML) turns on."""
     done = finished(domino, base_model)
     if done is not None:
         LOG.info("domino: synthesis up to date (%s), skipping", done.dataset)
@@ -304,7 +350,25 @@ def run_synthesis(domino: DominoConfig, base_model: str, launch: Launch, trust_r
     result = finished(domino, base_model)
     if result is None:
         raise StageError(f"domino: synthesis finished without a manifest in {Layout.of(domino).synthesis}; see its logs there")
+    if launch.rank == 0 and config and config.get("output_dir"):
+        _report_synthesis(result, config)
     return result
+
+
+def _report_synthesis(result: SynthesisResult, config: Mapping[str, Any]) -> None:
+    """Counts, throughput, scorecard metrics and plots of the stage that just ran, to the user's trackers."""
+    manifest, folder = result.manifest, result.dataset.parent
+    metrics = {f"counts/{k}": float(v) for k, v in manifest["counts"].items()}
+    seconds = manifest["seconds_rank0_this_run"]
+    metrics["seconds"] = seconds
+    if seconds > 0:
+        metrics["samples_per_s"] = manifest["counts"]["generated"] / seconds
+    scorecard = folder / SCORECARD_JSON
+    if scorecard.is_file():
+        metrics.update({f"scorecard/{k}": v for k, v in flat_numbers(json.loads(scorecard.read_text())).items()})
+    used = report_synthesis(config, str(config["output_dir"]), metrics, sorted(folder.glob("*.png")))
+    if used:
+        LOG.info("domino: synthesis counts, throughput and scorecard sent to %s", " and ".join(used))
 
 
 # --- the pipeline ----------------------------------------------------------------------------
@@ -325,7 +389,7 @@ def run_pipeline(cfg: Any, launch: Launch | None = None) -> SynthesisResult:
     with Heartbeat(layout.heartbeat(launch.rank)) if launch.world_size > 1 else nullcontext():
         if domino.synthesis.adapter is None:  # an explicit D* skips induction
             run_induction(domino, base_model, inherited_settings(cfg), launch)
-        result = run_synthesis(domino, base_model, launch, bool(cfg.trust_remote_code))
+        result = run_synthesis(domino, base_model, launch, bool(cfg.trust_remote_code), cfg)
     use_synthetic_dataset(cfg, result, domino.synthesis.min_kept)
     return result
 

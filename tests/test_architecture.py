@@ -11,9 +11,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "axolotl_domino"
 # Bottom to top. A module may import only from layers below its own.
 LAYERS = [
     {"errors"},
-    {"args", "files", "cpu", "loss", "sandbox", "shards", "hf", "publish", "score.embedder", "score.fidelity",
+    {"args", "files", "cpu", "loss", "sandbox", "shards", "hf", "publish", "tracking", "score.embedder", "score.fidelity",
      "score.report"},
-    {"layout", "embedded", "induce", "generate", "endpoint", "score.diversity", "score.memorization", "score.plots"},
+    {"layout", "embedded", "induce", "generate", "endpoint", "estimate", "score.diversity", "score.memorization", "score.plots"},
     {"references", "write", "launch", "respond", "generate_vllm", "judge", "score.scorecard"},
     {"trainer", "diagnostics", "filters", "score"},
     {"synthesize"},
