@@ -84,6 +84,9 @@ def _resolved_settings(config: Path) -> dict:
 
     from axolotl_domino.pipeline import inherited_settings
 
+    quiet = logging.getLogger("axolotl.cli.config")  # it logs the whole resolved config at INFO
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
         return inherited_settings(load_cfg(str(config)))
     except (ValidationError, ValueError) as exc:
@@ -91,6 +94,8 @@ def _resolved_settings(config: Path) -> dict:
             f"{config}: not a valid Axolotl config; it is read as `axolotl train` reads it, so it needs the "
             f"keys `axolotl train` needs:\n{exc}"
         ) from exc
+    finally:
+        quiet.setLevel(level)
 
 
 def _show_progress() -> None:
@@ -138,6 +143,88 @@ def synthesize(config: Path, rank: int | None, world_size: int | None) -> None:
         lock_output_dir(Layout.of(domino_cfg))
     result = run(domino_cfg, base_model, rank, world_size, trust_remote_code=bool(raw.get("trust_remote_code")))
     click.echo(result.dataset)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
+
+
+@domino.command()
+@config_argument
+@click.option("--tflops", type=float, default=None,
+              help="Estimate for hardware with this dense matmul rate per process (TFLOP/s; e.g. 989 for an H100's "
+              "bf16) instead of measuring this node.")
+@click.option("--world-size", default=1, show_default=True, help="Processes (GPUs) the run will have.")
+def plan(config: Path, tflops: float | None, world_size: int) -> None:
+    """Check CONFIG and print what each stage would do, with its time and peak memory (no weights loaded).
+
+    Safe on a CPU login node for a GPU cluster's YAML: nothing is written, and the model's config comes from its
+    folder, the Hub cache or the configs shipped for our examples.
+    """
+    from axolotl_domino.estimate import EFFICIENCY, estimate, measure_hardware, model_shape
+    from axolotl_domino.pipeline import preflight, stage_plans
+    from axolotl_domino.references import load_references
+
+    domino_cfg, base_model, raw = _load_stage_config(config)
+    trust = bool(raw.get("trust_remote_code"))
+    preflight(domino_cfg, base_model, trust, planning=True)
+    notes = []
+    try:
+        settings = {} if domino_cfg.synthesis.adapter else _resolved_settings(config)
+    except (click.ClickException, ValueError) as exc:  # e.g. GPU-only keys on a CPU node
+        settings = {}
+        why = str(exc.__cause__ or exc).strip().splitlines()[0]
+        notes.append(f"this node cannot resolve the YAML as `axolotl train` would ({why}); the stage actions "
+                     "assume it resolves as written")
+    plans = stage_plans(domino_cfg, base_model, settings)
+    shape = model_shape(base_model, trust)
+    texts = load_references(domino_cfg).texts
+    lengths = _token_counts(base_model, trust, texts, domino_cfg.references.max_tokens, notes)
+    hw = measure_hardware(tflops)
+    stages = estimate(domino_cfg, raw, shape, lengths, hw, world_size)
+
+    click.echo(f"{config}: valid; preflight passed (no weights loaded, nothing written)")
+    click.echo(f"model: {base_model}: {shape.params / 1e6:.1f}M parameters, {shape.layers} layers, hidden "
+               f"{shape.hidden}, vocabulary {shape.vocab}")
+    click.echo(f"references: {len(lengths)}, {sum(lengths) / len(lengths):.0f} tokens on average")
+    click.echo(f"hardware: {hw.description} per process, {world_size} process(es); estimates assume "
+               f"{EFFICIENCY:.0%} of it, plus start-ups")
+    rows = [("stage", "action", "estimate", "peak memory", "last run")]
+    total = 0.0
+    for stage in stages:
+        owner = plans.get(stage.stage) or plans["synthesis"]  # responses, filters, scorecard: part of synthesis
+        action = "run (Axolotl)" if stage.stage == "sft" else owner.action
+        if not action.startswith("skip"):
+            total += stage.seconds
+        last = owner.last_seconds if stage.stage in plans else None
+        rows.append((stage.stage, action, _duration(stage.seconds),
+                     f"{stage.peak_bytes / 2**30:.2f} GiB" if stage.peak_bytes else "-", _duration(last)))
+    rows.append(("total", "what will run", _duration(total), "", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    bases = [""] + [stage.basis for stage in stages] + [""]
+    for row, basis in zip(rows, bases):
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + basis)
+    for note in notes:
+        click.echo(f"note: {note}")
+
+
+def _token_counts(base_model: str, trust: bool, texts: list[str], cap: int, notes: list[str]) -> list[int]:
+    """Each reference's token count (capped, plus EOS); 4 characters a token when the tokenizer is not here."""
+    from transformers import AutoTokenizer
+
+    try:
+        ids = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust)(texts)["input_ids"]
+        return [min(len(row), cap) + 1 for row in ids]
+    except OSError:
+        notes.append(f"{base_model}'s tokenizer is not available here: references counted at 4 characters a token")
+        return [min(len(text) // 4 + 1, cap) + 1 for text in texts]
 
 
 @domino.command()

@@ -31,6 +31,7 @@ import yaml
 from axolotl_domino import child
 from axolotl_domino.args import PUSH_FIELDS, DominoConfig, refuse_zero3_induction
 from axolotl_domino.endpoint import check_endpoint
+from axolotl_domino.estimate import model_config
 from axolotl_domino.files import digest, write_atomic
 from axolotl_domino.launch import Launch, StageError, free_port, lock_output_dir, run_child, stage_env
 from axolotl_domino.layout import Layout
@@ -73,9 +74,13 @@ def inherited_settings(config: Mapping[str, Any]) -> dict[str, Any]:
 # --- checks before any heavy work -------------------------------------------------------------
 
 
-def preflight(domino: DominoConfig, base_model: str, trust_remote_code: bool = False) -> None:
-    """Fail in seconds, naming the key and the fix, on inputs that would fail an hour in."""
-    from transformers import AutoConfig, AutoTokenizer
+def preflight(domino: DominoConfig, base_model: str, trust_remote_code: bool = False, planning: bool = False) -> None:
+    """Fail in seconds, naming the key and the fix, on inputs that would fail an hour in.
+
+    `planning` (`axolotl domino plan`, perhaps on a login node for a cluster's YAML): nothing is written, the
+    output folder need not be reachable from here, and a Hub model's config may come from those we ship.
+    """
+    from transformers import AutoTokenizer
 
     if base_model.startswith((".", "/", "~")) and not Path(base_model).expanduser().exists():
         raise StageError(
@@ -84,10 +89,11 @@ def preflight(domino: DominoConfig, base_model: str, trust_remote_code: bool = F
         )
     output = Path(domino.output_dir)
     try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        if not planning:
+            output.mkdir(parents=True, exist_ok=True)
+            probe = output / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
     except OSError as exc:
         raise StageError(f"domino.output_dir: cannot write to {output} ({exc.strerror}); choose a writable folder.") from None
     try:
@@ -108,7 +114,7 @@ def preflight(domino: DominoConfig, base_model: str, trust_remote_code: bool = F
     if domino.score.heldout_path:
         load_heldout(domino.score.heldout_path, domino.score.heldout_field)  # read by induction and the scorecard
     if domino.synthesis.adapter is None:
-        context = getattr(AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code).get_text_config(),
+        context = getattr(model_config(base_model, trust_remote_code, shipped=planning).get_text_config(),
                           "max_position_embeddings", None)
         needed = domino.induction.num_domain_tokens + domino.induction.num_sample_tokens + domino.references.max_tokens + 1
         if context is not None and needed > context:
