@@ -232,9 +232,9 @@ def stage_plans(domino: DominoConfig, base_model: str, settings: Mapping[str, An
         plans["induction"] = StagePlan("skip: D* given by domino.synthesis.adapter", None)
     else:
         key = induction_key(domino, induction_config(domino, base_model, settings))
-        done = json.loads(layout.induction_done.read_text()) if layout.induction_done.exists() else {}
-        if done.get("key") == key:
-            plans["induction"] = StagePlan("skip: up to date", done.get("seconds"))
+        up_to_date, note = induction_done_as(domino, base_model, settings)
+        if up_to_date:
+            plans["induction"] = StagePlan("skip: up to date" + note, json.loads(layout.induction_done.read_text()).get("seconds"))
         else:
             mine = layout.checkpoints_key.exists() and layout.checkpoints_key.read_text().strip() == key
             saved = [c for c in sorted(layout.adapter.glob("checkpoint-*")) if (c / "trainer_state.json").is_file()]
@@ -257,13 +257,37 @@ def stage_plans(domino: DominoConfig, base_model: str, settings: Mapping[str, An
     return plans
 
 
+# Resolved per node (`bf16: auto`, the CPU-safe defaults): a CPU login node resolves them otherwise than the GPU
+# node that trained, which must not make `report` or `plan` there call a finished induction stale.
+NODE_RESOLVED_KEYS = ("bf16", "fp16", "tf32", "attn_implementation")
+
+
+def induction_done_as(domino: DominoConfig, base_model: str, settings: Mapping[str, Any]) -> tuple[bool, str]:
+    """(whether D* is up to date for these inputs, a note when only as resolved on the node that trained it).
+
+    The inputs match when their key does, or when it does with this node's `NODE_RESOLVED_KEYS` replaced by
+    those of the config the induction ran with (`induction/induce-<key>.yaml`)."""
+    layout = Layout.of(domino)
+    done = json.loads(layout.induction_done.read_text()) if layout.induction_done.exists() else {}
+    if done.get("key") == induction_key(domino, induction_config(domino, base_model, settings)):
+        return True, ""
+    trained = layout.induction / str(done.get("config", ""))
+    if not done or not trained.is_file():
+        return False, ""
+    there = {key: value for key, value in (yaml.safe_load(trained.read_text()) or {}).items() if key in NODE_RESOLVED_KEYS}
+    as_there = {**{k: v for k, v in settings.items() if k not in NODE_RESOLVED_KEYS}, **there}
+    if done["key"] == induction_key(domino, induction_config(domino, base_model, as_there)):
+        here = {key: settings.get(key) for key in there}
+        return True, f" (with {there} as resolved where it ran; this node resolves {here})"
+    return False, ""
+
+
 def induction_status(domino: DominoConfig, base_model: str, settings: Mapping[str, Any]) -> str:
     """One line on the induction stage for these inputs (`axolotl domino report`)."""
     if domino.synthesis.adapter:
         return f"induction: skipped, D* given by domino.synthesis.adapter ({domino.synthesis.adapter})"
-    layout = Layout.of(domino)
-    key = induction_key(domino, induction_config(domino, base_model, settings))
-    return f"induction: {'up to date' if induction_up_to_date(layout, key) else 'missing or stale'} ({layout.adapter})"
+    up_to_date, note = induction_done_as(domino, base_model, settings)
+    return f"induction: {'up to date' + note if up_to_date else 'missing or stale'} ({Layout.of(domino).adapter})"
 
 
 def run_induction(domino: DominoConfig, base_model: str, settings: Mapping[str, Any], launch: Launch) -> Path:

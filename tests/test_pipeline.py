@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from axolotl.utils.dict import DictDefault
 
 from axolotl_domino.args import DominoConfig, ResponsesConfig
@@ -20,6 +22,7 @@ from axolotl_domino.pipeline import (
     _usable_checkpoints,
     check_vllm_launch,
     induction_config,
+    induction_status,
     inherited_settings,
     induction_key,
     preflight,
@@ -238,3 +241,21 @@ def test_each_ranks_vllm_engine_gets_its_own_gpu_and_tensor_parallel_over_ranks_
     check_vllm_launch(domino, Launch(0, 0, 1, 1))  # one process owning 2 GPUs: fine
     with pytest.raises(StageError, match="tensor_parallel_size: 2 needs one process.*8 ranks"):
         check_vllm_launch(domino, Launch(0, 0, 8, 8))
+
+
+def test_a_login_node_that_resolves_precision_otherwise_still_sees_the_gpu_induction_as_done(tmp_path):
+    domino = _domino(tmp_path)
+    layout = Layout.of(domino)
+    on_gpu = {"bf16": True, "tf32": True}  # `bf16: auto` on the GPU node that trained
+    config = induction_config(domino, "model", on_gpu)
+    layout.induction.mkdir(parents=True)
+    layout.adapter.mkdir()
+    (layout.induction / "induce-k.yaml").write_text(yaml.safe_dump(config))
+    layout.induction_done.write_text(json.dumps({"key": induction_key(domino, config), "config": "induce-k.yaml"}))
+
+    on_login_node = {"bf16": False}  # the CPU-safe defaults, no tf32
+    assert induction_status(domino, "model", on_gpu).startswith("induction: up to date (")
+    status = induction_status(domino, "model", on_login_node)
+    assert status.startswith("induction: up to date (with {'bf16': True, 'tf32': True} as resolved where it ran")
+    domino.induction.learning_rate = 0.5  # a real change is still one
+    assert induction_status(domino, "model", on_login_node).startswith("induction: missing or stale")
