@@ -10,6 +10,8 @@ settings (temperature, top_p, top_k off, no repetition penalty) and the same max
 - baseline (the research code's transformers path): one
   `model.generate(inputs_embeds=D[None], attention_mask=ones, do_sample=True, ...)` call per sample,
   which runs the k-token prefix again for every sample and decodes a single sequence.
+- batched generate (the stronger peer): one `model.generate(inputs_embeds=D[None].expand(B, k, h), ...)`
+  per batch of the same size as ours: HF's own batching from the same prefix, run once per row.
 
 Why: synthesis draws thousands of samples from D*, so its cost is what the generator's throughput
 makes it. With k = 256 the prefix is several times longer than a typical sample, and decoding one
@@ -23,7 +25,8 @@ most samples may run to max_new_tokens; the mean generated tokens per sample of 
 so the reader can check that the lengths (and so the work per sample) are comparable; tokens/s is
 the length-independent view. A generated token is a kept token or the final EOS.
 
-Last line printed: `speedup: <ours samples/s / baseline samples/s>`.
+The comparison is repeated `--repeats` times (fresh sampling seeds each time); each ratio is printed
+per repeat, then as median (min-max). Last line printed: `speedup: <median of ours / baseline samples/s>`.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3, help="whole comparisons run, for the spread")
     return p.parse_args()
 
 
@@ -112,6 +116,22 @@ def baseline_sample(model: PreTrainedModel, domain: torch.Tensor, args: argparse
     return seconds, length, ended
 
 
+def batched_generate(model: PreTrainedModel, domain: torch.Tensor, args: argparse.Namespace, rows: int,
+                     eos: list[int], pad: int, seed: int) -> tuple[float, list[int], int]:
+    """One HF `generate` call for `rows` samples from the same prefix; (seconds, generated tokens per row, EOS count)."""
+    torch.manual_seed(seed)
+    embeds = domain[None].expand(rows, -1, -1)
+    start = time.perf_counter()
+    out = model.generate(
+        inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long), do_sample=True,
+        temperature=args.temperature, top_p=args.top_p, top_k=0, max_new_tokens=args.max_new_tokens,
+        eos_token_id=eos, pad_token_id=pad,
+    )
+    seconds = time.perf_counter() - start
+    lengths = [generated_length(row, set(eos)) for row in out.tolist()]
+    return seconds, [length for length, _ in lengths], sum(ended for _, ended in lengths)
+
+
 def ours_tokens(samples: list[Sample]) -> int:
     return sum(len(s.token_ids) + s.finished for s in samples)
 
@@ -139,62 +159,69 @@ def main() -> None:
     print(f"load average at start (other processes share these cores): {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
 
     with torch.no_grad():
-        # Warm-up of both paths (allocator, kernels, first-call overheads), not timed.
+        # Warm-up of every path (allocator, kernels, first-call overheads), not timed.
         warm = settings.model_copy(update={"max_new_tokens": 4})
+        short = argparse.Namespace(**{**vars(args), "max_new_tokens": 4})
         PrefixSampler(model, tokenizer, domain, warm, []).sample(list(range(min(2, args.batch_size))))
-        baseline_sample(model, domain, argparse.Namespace(**{**vars(args), "max_new_tokens": 4}), eos, pad, args.seed)
+        baseline_sample(model, domain, short, eos, pad, args.seed)
+        batched_generate(model, domain, short, min(2, args.batch_size), eos, pad, args.seed)
+        ratios = {"per-sample generate": [], "batched generate": []}
+        for repeat in range(args.repeats):
+            print(f"repeat {repeat + 1} of {args.repeats}")
+            rates = one_repeat(model, tokenizer, domain, settings.model_copy(update={"seed": args.seed + repeat}),
+                               args, eos, pad, args.seed + repeat)
+            for peer, ratio in ratios.items():
+                ratio.append(rates["ours"] / rates[peer])
+            print(f"  ours / per-sample generate: {ratios['per-sample generate'][-1]:.2f}x, "
+                  f"ours / batched generate: {ratios['batched generate'][-1]:.2f}x")
 
-        start = time.perf_counter()
-        sampler = PrefixSampler(model, tokenizer, domain, settings, [])
-        prefix_seconds = time.perf_counter() - start
-        batches = [list(range(i, min(i + args.batch_size, args.num_samples)))
-                   for i in range(0, args.num_samples, args.batch_size)]
-        chunks = [c.tolist() for c in np.array_split(np.arange(args.baseline_samples), len(batches) + 1)]
-
-        base_times: list[float] = []
-        base_lengths: list[int] = []
-        base_ended: list[bool] = []
-        ours_times: list[float] = []
-        ours_samples: list[Sample] = []
-
-        def run_baseline(chunk: list[int]) -> None:
-            for i in chunk:
-                seconds, length, ended = baseline_sample(model, domain, args, eos, pad, args.seed * 100_003 + i)
-                base_times.append(seconds)
-                base_lengths.append(length)
-                base_ended.append(ended)
-                print(f"  baseline sample {i:3d}: {seconds:6.2f} s  {length:4d} tokens  {'EOS' if ended else 'cut'}")
-
-        for chunk, batch in zip(chunks, batches + [None]):
-            run_baseline(chunk)
-            if batch is None:
-                continue
-            start = time.perf_counter()
-            out = sampler.sample(batch)
-            ours_times.append(time.perf_counter() - start)
-            ours_samples.extend(out)
-            print(f"  ours batch of {len(batch):3d}: {ours_times[-1]:6.2f} s  {ours_tokens(out):5d} tokens  "
-                  f"{sum(s.finished for s in out)} EOS")
-
-    base_total = sum(base_times)
-    ours_total = prefix_seconds + sum(ours_times)
-    ours_lengths = [len(s.token_ids) + s.finished for s in ours_samples]
-    rows = {
-        "baseline": (len(base_times), base_total, sum(base_lengths), base_lengths, sum(base_ended)),
-        "ours": (len(ours_samples), ours_total, sum(ours_lengths), ours_lengths, sum(s.finished for s in ours_samples)),
-    }
-    print(f"ours: prefix forward (once) {prefix_seconds:.3f} s, included in its time")
-    rate: dict[str, float] = {}
-    for name, (n, seconds, tokens, lengths, ended) in rows.items():
-        rate[name] = n / seconds
-        print(f"{name:8s}: {n:3d} samples in {seconds:7.2f} s = {n / seconds:7.3f} samples/s, "
-              f"{tokens / seconds:8.1f} generated tokens/s; tokens/sample mean {statistics.mean(lengths):.1f} "
-              f"(min {min(lengths)}, max {max(lengths)}), {ended}/{n} ended at EOS")
-    print(f"tokens/s ratio ours/baseline: "
-          f"{(rows['ours'][2] / ours_total) / (rows['baseline'][2] / base_total):.2f}")
+    for peer, ratio in ratios.items():
+        print(f"ours / {peer} (samples/s) over {args.repeats} repeats: median {statistics.median(ratio):.2f}x "
+              f"(min {min(ratio):.2f}, max {max(ratio):.2f}; each: {', '.join(f'{r:.2f}' for r in ratio)})")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
     print(f"peak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
-    print(f"speedup: {rate['ours'] / rate['baseline']:.2f}")
+    print(f"speedup: {statistics.median(ratios['per-sample generate']):.2f}")
+
+
+def one_repeat(model, tokenizer, domain, settings: SynthesisConfig, args: argparse.Namespace, eos: list[int],
+               pad: int, seed: int) -> dict[str, float]:
+    """Ours, batched generate and per-sample generate, interleaved chunk by chunk; samples/s of each."""
+    start = time.perf_counter()
+    sampler = PrefixSampler(model, tokenizer, domain, settings, [])
+    prefix_seconds = time.perf_counter() - start
+    batches = [list(range(i, min(i + args.batch_size, args.num_samples)))
+               for i in range(0, args.num_samples, args.batch_size)]
+    chunks = [c.tolist() for c in np.array_split(np.arange(args.baseline_samples), len(batches) + 1)]
+    # name -> [samples, seconds, generated tokens, lengths, ended at EOS]
+    rows: dict[str, list] = {name: [0, 0.0, 0, [], 0] for name in ("per-sample generate", "batched generate", "ours")}
+
+    def add(name: str, seconds: float, lengths: list[int], ended: int) -> None:
+        row = rows[name]
+        row[0] += len(lengths)
+        row[1] += seconds
+        row[2] += sum(lengths)
+        row[3] += lengths
+        row[4] += ended
+
+    for chunk, batch in zip(chunks, batches + [None]):
+        for i in chunk:
+            seconds, length, ended = baseline_sample(model, domain, args, eos, pad, seed * 100_003 + i)
+            add("per-sample generate", seconds, [length], int(ended))
+        if batch is None:
+            continue
+        seconds, lengths, ended = batched_generate(model, domain, args, len(batch), eos, pad, seed * 100_003 + batch[0])
+        add("batched generate", seconds, lengths, ended)
+        start = time.perf_counter()
+        out = sampler.sample(batch)
+        add("ours", time.perf_counter() - start, [len(s.token_ids) + s.finished for s in out], sum(s.finished for s in out))
+    rows["ours"][1] += prefix_seconds  # the one prefix forward pass counts
+    rates = {}
+    for name, (n, seconds, tokens, lengths, ended) in rows.items():
+        rates[name] = n / seconds
+        print(f"  {name:20s}: {n:3d} samples in {seconds:7.2f} s = {n / seconds:7.3f} samples/s, "
+              f"{tokens / seconds:8.1f} generated tokens/s; tokens/sample mean {statistics.mean(lengths):.1f} "
+              f"(min {min(lengths)}, max {max(lengths)}), {ended}/{n} ended at EOS")
+    return rates
 
 
 if __name__ == "__main__":
