@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -36,12 +37,15 @@ class VllmSampler:
             gpu_memory_utilization=settings.gpu_memory_utilization,
             seed=settings.seed,
         )
+        # D in the engine's dtype (bf16 for most checkpoints): every request carries its own copy of D to the
+        # engine process (vLLM's prompt_embeds API has no shared prefix), so float32 would double that traffic.
+        engine_dtype = getattr(getattr(getattr(self.llm, "llm_engine", None), "model_config", None), "dtype", None)
+        if isinstance(engine_dtype, torch.dtype):
+            self.domain = self.domain.to(engine_dtype)
 
     def close(self) -> None:
         """Shut the engine down and return its GPU memory, so the HF responder can load after it."""
         import gc
-
-        import torch
 
         del self.llm
         gc.collect()
