@@ -1,0 +1,208 @@
+"""GPU smoke suite: the GPU, DeepSpeed, vLLM and torchrun paths, each run for real once, PASS/FAIL with timings.
+
+Run on a machine with one or more NVIDIA GPUs, from a fresh clone: `bash bench/gpu_smoke.sh` installs the
+extras and runs this file (or, in a ready venv: `python bench/gpu_smoke.py`). Every check is a real
+`axolotl` command or a short script on the embedded SmolLM2 with small step counts, in its own folder
+under outputs/gpu_smoke/; the table goes to stdout and outputs/gpu_smoke/results.md, each check's output
+to outputs/gpu_smoke/<check>.log. A check whose requirement is missing (flash-attn not installed, one
+GPU for torchrun) is SKIP with the reason. Exit status 1 if any check failed.
+
+What each check asserts is in its `expect` (a file that must exist, or text the output must contain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "outputs" / "gpu_smoke"
+MODEL = REPO / "models" / "smollm2-135m-instruct"
+
+
+@dataclass
+class Result:
+    name: str
+    status: str
+    seconds: float
+    detail: str
+
+
+def _yaml(name: str, **top) -> Path:
+    """The quickstart, scaled down (8 references, 8 samples, a few steps), in its own folder; `top` overrides."""
+    config = yaml.safe_load((REPO / "example_yamls" / "quickstart.yaml").read_text())
+    folder = OUT / name
+    domino = config["domino"]
+    domino["output_dir"] = str(folder / "domino")
+    domino["references"]["path"] = str(REPO / "data" / "mbpp" / "references_train100.jsonl")
+    domino["induction"].update(num_domain_tokens=8, num_sample_tokens=8, max_steps=6, eval_steps=3, eval_samples=4)
+    domino["synthesis"].update(num_samples=8, max_new_tokens=48, keep_unfinished=True)
+    domino["responses"].update(max_new_tokens=128, keep_unfinished=True)
+    domino["filters"] = {"dedup": {"enabled": True}}
+    config.update(base_model=str(MODEL), output_dir=str(folder / "sft"), dataset_prepared_path=str(folder / "prepared"),
+                  max_steps=4, bf16=True)
+    for key, value in top.items():
+        if key == "domino":
+            for block, settings in value.items():
+                domino[block] = {**domino.get(block, {}), **settings} if isinstance(settings, dict) else settings
+        else:
+            config[key] = value
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _run(name: str, command: list[str], expect: Path | str, timeout: int, fail_ok: bool = False) -> Result:
+    """Run `command`; PASS when it exits 0 (nonzero with `fail_ok`) and `expect` exists / is in its output."""
+    log = OUT / f"{name}.log"
+    env = {**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        output, code = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        output, code = f"{exc.stdout or ''}{exc.stderr or ''}\nTIMEOUT after {timeout} s", None
+    seconds = time.monotonic() - start
+    log.write_text(output if isinstance(output, str) else output.decode(errors="replace"))
+    exited = code is not None and ((code != 0) if fail_ok else (code == 0))
+    found = expect.exists() if isinstance(expect, Path) else expect in output
+    detail = "" if exited and found else f"exit {code}; expected {expect}; see {log.relative_to(REPO)}"
+    return Result(name, "PASS" if exited and found else "FAIL", seconds, detail)
+
+
+def _script(name: str, code: str, expect: str, timeout: int) -> Result:
+    return _run(name, [sys.executable, "-c", code], expect, timeout)
+
+
+SAMPLER_EXACT = """
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from axolotl_domino.args import SynthesisConfig
+from axolotl_domino.generate import PrefixSampler
+from axolotl_domino.induce import embedding_scale
+model = AutoModelForCausalLM.from_pretrained("{model}", dtype=torch.float32).cuda().eval()
+tok = AutoTokenizer.from_pretrained("{model}")
+torch.manual_seed(0)
+domain = (torch.randn(16, model.config.hidden_size) * embedding_scale(model)).cuda()
+settings = SynthesisConfig(temperature=0.0, max_new_tokens=32, batch_size=8)
+ours = PrefixSampler(model, tok, domain, settings, []).sample(list(range(8)))
+with torch.no_grad():
+    ref = model.generate(inputs_embeds=domain[None], attention_mask=torch.ones(1, 16, dtype=torch.long, device="cuda"),
+                         do_sample=False, max_new_tokens=32, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+ref = [t for t in ref[0].tolist() if t != tok.pad_token_id]
+ref = ref[: ref.index(tok.eos_token_id)] if tok.eos_token_id in ref else ref
+same = all(s.token_ids == ref for s in ours)
+print("greedy samples equal generate:", same, ours[0].token_ids[:8], ref[:8])
+assert same
+print("SAMPLER_EXACT_OK")
+"""
+
+THROUGHPUT = """
+import time, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from axolotl_domino.args import SynthesisConfig
+from axolotl_domino.generate import PrefixSampler
+from axolotl_domino.generate_vllm import VllmSampler
+from axolotl_domino.induce import embedding_scale
+tok = AutoTokenizer.from_pretrained("{model}")
+n, new = 256, 128
+settings = SynthesisConfig(backend="vllm", temperature=1.0, max_new_tokens=new, batch_size=64, gpu_memory_utilization=0.4)
+model = AutoModelForCausalLM.from_pretrained("{model}", dtype=torch.bfloat16).cuda().eval()
+torch.manual_seed(0)
+domain = (torch.randn(64, model.config.hidden_size) * embedding_scale(model)).float()
+for name, make in (("ours (HF, bf16)", lambda: PrefixSampler(model, tok, domain.cuda().bfloat16(), settings, [])),
+                   ("vLLM", lambda: VllmSampler("{model}", tok, domain, settings))):
+    sampler = make()
+    start = time.perf_counter()
+    samples = list(sampler.sample_many(list(range(n))))
+    seconds = time.perf_counter() - start
+    tokens = sum(len(s.token_ids) + s.finished for s in samples)
+    print(f"{{name}}: {{n}} samples, {{tokens / seconds:.0f}} generated tokens/s")
+    if hasattr(sampler, "close"):
+        sampler.close()
+print("THROUGHPUT_OK")
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="run only these checks")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per check")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device: this suite needs a GPU (the CPU paths run in `make test`)")
+        return 1
+    shutil.rmtree(OUT, ignore_errors=True)
+    OUT.mkdir(parents=True)
+    gpus, t = torch.cuda.device_count(), args.timeout
+    try:
+        import flash_attn  # noqa: F401
+
+        has_flash = True
+    except ImportError:
+        has_flash = False
+    axolotl = [str(Path(sys.executable).parent / "axolotl")]
+    base = OUT / "induce-bf16-sdpa" / "domino" / "induction" / "adapter"
+
+    def induce(name: str, **top):
+        config = _yaml(name, **top)
+        return _run(name, axolotl + ["domino", "induce", str(config)], OUT / name / "domino" / "induction" / "adapter"
+                    / "adapter_model.safetensors", t)
+
+    def train(name: str, expect_file: str = "adapter_model.safetensors", extra: list[str] = (), **top):
+        config = _yaml(name, **top)
+        return _run(name, axolotl + ["train", str(config), *extra], OUT / name / "sft" / expect_file, t)
+
+    checks = {
+        "prepare-model": lambda: _run("prepare-model", axolotl + ["domino", "prepare-model", "smollm2-135m-instruct",
+                                                                  "--output", str(MODEL)], MODEL / "config.json", t),
+        "induce-bf16-sdpa": lambda: induce("induce-bf16-sdpa", flash_attention=False),
+        "induce-bf16-flash-attn": (lambda: induce("induce-bf16-flash-attn", flash_attention=True)) if has_flash
+        else "flash-attn is not installed (pip install axolotl-domino[flash-attn] builds it from source)",
+        "induce-zero2": lambda: induce("induce-zero2", domino={"induction": {"axolotl": {"deepspeed": "zero2"}}}),
+        "induce-zero3-refused": lambda: _run(
+            "induce-zero3-refused",
+            axolotl + ["domino", "induce", str(_yaml("induce-zero3-refused", domino={"induction": {"axolotl": {"deepspeed": "zero3"}}}))],
+            "ZeRO-3 partitions the model", t, fail_ok=True),
+        "sft-zero2": lambda: train("sft-zero2", deepspeed="zero2", domino={"synthesis": {"adapter": str(base)}}),
+        "sft-zero3": lambda: train("sft-zero3", deepspeed="zero3", domino={"synthesis": {"adapter": str(base)}}),
+        "vllm-synthesis-responder": lambda: train(
+            "vllm-synthesis-responder",
+            domino={"synthesis": {"adapter": str(base), "backend": "vllm", "gpu_memory_utilization": 0.4}}),
+        "sampler-exact-gpu": lambda: _script("sampler-exact-gpu", SAMPLER_EXACT.format(model=MODEL), "SAMPLER_EXACT_OK", t),
+        "vllm-vs-ours-throughput": lambda: _script("vllm-vs-ours-throughput", THROUGHPUT.format(model=MODEL), "THROUGHPUT_OK", t),
+        "quickstart": lambda: train("quickstart", bf16="auto", max_steps=None, domino={
+            "induction": {"num_domain_tokens": 16, "num_sample_tokens": 16, "max_steps": None, "eval_steps": 50,
+                          "eval_samples": 32},
+            "synthesis": {"num_samples": 64, "max_new_tokens": 80, "keep_unfinished": False},
+            "responses": {"max_new_tokens": 192, "keep_unfinished": False}}),
+        "torchrun-2-ranks": (lambda: train("torchrun-2-ranks", extra=["--launcher", "torchrun", "--", "--nproc_per_node", "2"]))
+        if gpus >= 2 else f"{gpus} GPU: torchrun needs 2 or more",
+    }
+    results = []
+    for name, check in checks.items():
+        if args.only and name not in args.only:
+            continue
+        result = Result(name, "SKIP", 0.0, check) if isinstance(check, str) else check()
+        results.append(result)
+        print(f"{result.status:4s}  {result.seconds:7.1f} s  {name}  {result.detail}", flush=True)
+    header = (f"GPU smoke suite, {time.strftime('%Y-%m-%d %H:%M')}: {gpus} x {torch.cuda.get_device_name(0)}, "
+              f"torch {torch.__version__}\n\n| check | result | seconds | detail |\n| --- | --- | --- | --- |\n")
+    table = "".join(f"| {r.name} | {r.status} | {r.seconds:.1f} | {r.detail} |\n" for r in results)
+    (OUT / "results.md").write_text(header + table)
+    print(f"\n{header}{table}")
+    return 1 if any(r.status == "FAIL" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
