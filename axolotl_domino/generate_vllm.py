@@ -4,7 +4,8 @@ vLLM removed prompt adapters; it serves soft prompts through `prompt_embeds` ins
 (`LLM(enable_prompt_embeds=True)`, prompts `{"prompt_embeds": tensor[k, hidden]}`). Each sample is
 its own request with its own seed from `sample_seed(seed, i)`, so samples do not depend on how
 requests are batched, as in the Hugging Face backend (the two backends' samples differ: different
-kernels and samplers). Needs a GPU; untested on the CPU-only machines this project is built on.
+kernels and samplers). `VllmChat` answers chat turns on vLLM for the responder under the same backend.
+Needs a GPU; untested on the CPU-only machines this project is built on (bench/gpu_smoke.sh runs both).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 
 from axolotl_domino.args import SynthesisConfig
 from axolotl_domino.generate import Sample, sample_seed
+from axolotl_domino.hf import Conversation, Reply
 
 
 class VllmSampler:
@@ -79,3 +81,31 @@ class VllmSampler:
         if progress is not None:
             progress.update(len(indices))
             progress.set_postfix(tokens_per_s=f"{tokens / (time.perf_counter() - started):.1f}")
+
+
+class VllmChat:
+    """Chat replies from a vLLM engine (`LLM.chat`, the model's own chat template): `hf.ChatGenerator`'s contract.
+
+    Conversation i gets seed `seed + i`, as over an endpoint. `close()` frees the GPU for whatever loads next.
+    """
+
+    def __init__(self, model_name: str, settings: SynthesisConfig, trust_remote_code: bool = False):
+        from vllm import LLM
+
+        self.llm = LLM(
+            model=model_name,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            trust_remote_code=trust_remote_code,
+        )
+
+    def __call__(self, conversations: list[Conversation], max_new_tokens: int, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int = 0) -> list[Reply]:
+        from vllm import SamplingParams
+
+        params = [SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed + i)
+                  for i in range(len(conversations))]
+        outputs = self.llm.chat(conversations, params, use_tqdm=False)
+        return [Reply(out.outputs[0].text.strip(), out.outputs[0].finish_reason == "stop") for out in outputs]
+
+    close = VllmSampler.close

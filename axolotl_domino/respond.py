@@ -19,8 +19,8 @@ from axolotl_domino.hf import Chat, ChatGenerator, Conversation, Reply
 
 
 class Responder:
-    def __init__(self, chat: Chat, settings: ResponsesConfig):
-        self.generator, self.settings = chat, settings
+    def __init__(self, chat: Chat, settings: ResponsesConfig, batch_size: int | None = None):
+        self.generator, self.settings, self._batch_size = chat, settings, batch_size
 
     @classmethod
     def of(cls, settings: ResponsesConfig, model: PreTrainedModel | None, tokenizer: Any) -> Responder:
@@ -31,8 +31,11 @@ class Responder:
 
     @property
     def batch_size(self) -> int:
-        """Instructions per call: a server gets `concurrency` requests in flight, a local model one batch."""
+        """Instructions per call: as given (a vLLM engine takes a whole shard), `concurrency` requests in flight
+        for a server, else one batch of the local model."""
         endpoint = self.settings.endpoint
+        if self._batch_size is not None:
+            return self._batch_size
         return endpoint.concurrency if endpoint is not None else self.settings.batch_size
 
     def messages(self, instruction: str) -> Conversation:

@@ -200,11 +200,15 @@ def _respond_shards(domino, base_model, model, tokenizer, shards, todo, run: Syn
                     trust_remote_code: bool) -> None:
     """Answers per shard; each batch is journaled as it comes back, so a killed run asks only what is unanswered."""
     settings = domino.responses
-    if settings.endpoint is None and settings.model and settings.model != base_model:
-        tokenizer, model = load_model(settings.model, rank_device(), settings.trust_remote_code)
-    elif settings.endpoint is None and model is None:  # sampled with vLLM or done before: base weights not loaded
-        tokenizer, model = load_model(base_model, rank_device(), trust_remote_code)
-    responder = Responder.of(settings, model, tokenizer)
+    name, trust = (settings.model, settings.trust_remote_code) if settings.model else (base_model, trust_remote_code)
+    if settings.endpoint is None and domino.synthesis.backend == "vllm":
+        from axolotl_domino.generate_vllm import VllmChat  # the sampler's engine is closed: the GPU is free
+
+        responder = Responder(VllmChat(name, domino.synthesis, trust), settings, domino.synthesis.shard_size)
+    else:
+        if settings.endpoint is None and (name != base_model or model is None):  # base weights not loaded yet
+            tokenizer, model = load_model(name, rank_device(), trust)
+        responder = Responder.of(settings, model, tokenizer)
     total = sum(len(shards[s]) for s in todo)
     with tqdm(total=total, desc=f"domino: answering samples (rank {rank})", unit="sample") as progress:
         for s in todo:
@@ -221,6 +225,8 @@ def _respond_shards(domino, base_model, model, tokenizer, shards, todo, run: Syn
                 progress.update(len(batch))
             write_atomic(run.response_shard(s), jsonl_bytes(rows))
             journal.unlink(missing_ok=True)
+    if hasattr(responder.generator, "close"):  # a vLLM engine: give its GPU memory back
+        responder.generator.close()
 
 
 def _usable(row: dict[str, Any], domino: DominoConfig) -> bool:
