@@ -162,7 +162,8 @@ def _duration(seconds: float | None) -> str:
               help="Estimate for hardware with this dense matmul rate per process (TFLOP/s; e.g. 989 for an H100's "
               "bf16) instead of measuring this node.")
 @click.option("--world-size", default=1, show_default=True, help="Processes (GPUs) the run will have.")
-def plan(config: Path, tflops: float | None, world_size: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON object (for scripts).")
+def plan(config: Path, tflops: float | None, world_size: int, as_json: bool) -> None:
     """Check CONFIG and print what each stage would do, with its time and peak memory (no weights loaded).
 
     Safe on a CPU login node for a GPU cluster's YAML: nothing is written, and the model's config comes from its
@@ -190,26 +191,32 @@ def plan(config: Path, tflops: float | None, world_size: int) -> None:
     hw = measure_hardware(tflops)
     stages = estimate(domino_cfg, raw, shape, lengths, hw, world_size)
 
+    table = []
+    for stage in stages:
+        owner = plans.get(stage.stage) or plans["synthesis"]  # responses, filters, scorecard: part of synthesis
+        table.append({
+            "stage": stage.stage, "action": "run (Axolotl)" if stage.stage == "sft" else owner.action,
+            "seconds": round(stage.seconds, 1), "peak_bytes": stage.peak_bytes, "basis": stage.basis,
+            "last_seconds": owner.last_seconds if stage.stage in plans else None,
+        })
+    total = sum(row["seconds"] for row in table if not row["action"].startswith("skip"))
+    if as_json:
+        click.echo(json.dumps({"config": str(config), "hardware": hw.description, "efficiency": EFFICIENCY,
+                               "params": shape.params, "stages": table, "total_seconds": round(total, 1), "notes": notes}))
+        return
     click.echo(f"{config}: valid; preflight passed (no weights loaded, nothing written)")
     click.echo(f"model: {base_model}: {shape.params / 1e6:.1f}M parameters, {shape.layers} layers, hidden "
                f"{shape.hidden}, vocabulary {shape.vocab}")
     click.echo(f"references: {len(lengths)}, {sum(lengths) / len(lengths):.0f} tokens on average")
     click.echo(f"hardware: {hw.description} per process, {world_size} process(es); estimates assume "
                f"{EFFICIENCY:.0%} of it, plus start-ups")
-    rows = [("stage", "action", "estimate", "peak memory", "last run")]
-    total = 0.0
-    for stage in stages:
-        owner = plans.get(stage.stage) or plans["synthesis"]  # responses, filters, scorecard: part of synthesis
-        action = "run (Axolotl)" if stage.stage == "sft" else owner.action
-        if not action.startswith("skip"):
-            total += stage.seconds
-        last = owner.last_seconds if stage.stage in plans else None
-        rows.append((stage.stage, action, _duration(stage.seconds),
-                     f"{stage.peak_bytes / 2**30:.2f} GiB" if stage.peak_bytes else "-", _duration(last)))
-    rows.append(("total", "what will run", _duration(total), "", ""))
+    rows = [("stage", "action", "estimate", "peak memory", "last run")] + [
+        (row["stage"], row["action"], _duration(row["seconds"]),
+         f"{row['peak_bytes'] / 2**30:.2f} GiB" if row["peak_bytes"] else "-", _duration(row["last_seconds"]))
+        for row in table
+    ] + [("total", "what will run", _duration(total), "", "")]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    bases = [""] + [stage.basis for stage in stages] + [""]
-    for row, basis in zip(rows, bases):
+    for row, basis in zip(rows, [""] + [row["basis"] for row in table] + [""]):
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + basis)
     for note in notes:
         click.echo(f"note: {note}")

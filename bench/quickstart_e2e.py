@@ -5,12 +5,17 @@ fresh `domino_out/` and `outputs/quickstart/` so no stage is skipped) and sample
 whole process tree (launcher, trainer, the stages' child processes, dataset workers) every 0.5 s:
 the summed RSS, which counts pages that forked processes share once per process (an upper bound),
 and the summed PSS, which splits shared pages among their users (what the machine must hold).
-Last line: `quickstart: wall_s=<s> peak_rss_gib=<GiB> peak_pss_gib=<GiB>`.
+Before the run it asks `axolotl domino plan CONFIG --json` for its estimates (on the same machine, so
+the planner's measured matmul rate is this machine's), and after it prints each stage's estimate
+beside what the run took: induction from `domino_stage.json`, synthesis from the manifest (sampling,
+responses, filters), the total against the wall time.
+Last line: `quickstart: wall_s=<s> peak_rss_gib=<GiB> peak_pss_gib=<GiB> plan_s=<s>`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -45,6 +50,9 @@ def main() -> None:
             shutil.rmtree(REPO / folder, ignore_errors=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.update({"AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    planned = subprocess.run(["axolotl", "domino", "plan", args.config, "--json"], cwd=REPO, env=env,
+                             capture_output=True, text=True, check=True)
+    plan = json.loads(planned.stdout.strip().splitlines()[-1])
     started = time.perf_counter()
     proc = subprocess.Popen(["axolotl", "train", args.config], cwd=REPO, env=env)
     root, peak_rss, peak_pss = psutil.Process(proc.pid), 0, 0
@@ -55,7 +63,21 @@ def main() -> None:
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         sys.exit(f"quickstart failed with exit code {proc.returncode}")
-    print(f"quickstart: wall_s={wall:.0f} peak_rss_gib={peak_rss / 2**30:.2f} peak_pss_gib={peak_pss / 2**30:.2f}")
+    measured = measured_stages(REPO / "domino_out")
+    print(f"plan ({plan['hardware']}, efficiency {plan['efficiency']}):")
+    for row in plan["stages"]:
+        took = measured.get(row["stage"])
+        print(f"  {row['stage']:10s} estimate {row['seconds']:7.0f} s   measured {'-' if took is None else f'{took:.0f} s'}")
+    print(f"  {'total':10s} estimate {plan['total_seconds']:7.0f} s   measured {wall:.0f} s (wall, with start-ups and SFT)")
+    print(f"quickstart: wall_s={wall:.0f} peak_rss_gib={peak_rss / 2**30:.2f} peak_pss_gib={peak_pss / 2**30:.2f} "
+          f"plan_s={plan['total_seconds']:.0f}")
+
+
+def measured_stages(domino_out: Path) -> dict[str, float]:
+    """Seconds the DOMINO stages recorded: the induction's child, and synthesis up to the merge."""
+    stage = json.loads((domino_out / "induction" / "adapter" / "domino_stage.json").read_text())
+    (manifest,) = (domino_out / "synthesis").glob("*/manifest.json")
+    return {"induction": stage["seconds"], "synthesis": json.loads(manifest.read_text())["seconds_rank0_this_run"]}
 
 
 if __name__ == "__main__":
