@@ -65,16 +65,21 @@ def main() -> None:
         sys.exit(f"quickstart failed with exit code {proc.returncode}")
     measured = measured_stages(REPO / "domino_out")
     print(f"plan ({plan['hardware']}, efficiency {plan['efficiency']}):")
-    for row in plan["stages"]:
-        took = measured.get(row["stage"])
-        print(f"  {row['stage']:10s} estimate {row['seconds']:7.0f} s   measured {'-' if took is None else f'{took:.0f} s'}")
-    print(f"  {'total':10s} estimate {plan['total_seconds']:7.0f} s   measured {wall:.0f} s (wall, with start-ups and SFT)")
+    estimate = {row["stage"]: row["seconds"] for row in plan["stages"]}
+    pairs = {
+        "induction (the child's run)": (estimate["induction"], measured["induction"]),
+        "synthesis + responses (to the merge)": (estimate["synthesis"] + estimate.get("responses", 0.0), measured["synthesis"]),
+        "total (wall: start-ups, stages, SFT)": (plan["total_seconds"], wall),
+    }
+    for name, (planned_s, took) in pairs.items():
+        print(f"  {name:38s} estimate {planned_s:6.0f} s  measured {took:6.0f} s  ratio {planned_s / took:.2f}")
     print(f"quickstart: wall_s={wall:.0f} peak_rss_gib={peak_rss / 2**30:.2f} peak_pss_gib={peak_pss / 2**30:.2f} "
           f"plan_s={plan['total_seconds']:.0f}")
 
 
 def measured_stages(domino_out: Path) -> dict[str, float]:
-    """Seconds the DOMINO stages recorded: the induction's child, and synthesis up to the merge."""
+    """Seconds the DOMINO stages recorded: the induction's child, and synthesis up to the merge (sampling and
+    responses; the filters and the scorecard come after)."""
     stage = json.loads((domino_out / "induction" / "adapter" / "domino_stage.json").read_text())
     (manifest,) = (domino_out / "synthesis").glob("*/manifest.json")
     return {"induction": stage["seconds"], "synthesis": json.loads(manifest.read_text())["seconds_rank0_this_run"]}
