@@ -282,7 +282,7 @@ def test_two_gloo_ranks_that_do_not_share_output_dir_fail_instead_of_waiting_for
         assert proc.wait(timeout=300) != 0
         err = proc.stderr.read().decode()
         waited_for = "rank 0 to merge" if rank else "the other ranks' shards"
-        assert f"WaitTimeout: domino: waited" in err and waited_for in err, err[-3000:]
+        assert "WaitTimeout: domino: waited" in err and waited_for in err, err[-3000:]
         assert "never appeared for 3 s" in err and "shared filesystem" in err, err[-3000:]
 
 
