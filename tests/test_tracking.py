@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 
 from matplotlib import pyplot as plt
 
@@ -65,7 +66,14 @@ def test_wandb_gets_a_run_of_its_own_named_after_the_users(tmp_path, monkeypatch
     used = report_synthesis(trackers, str(tmp_path), {"counts/kept": 5.0}, [_plot(tmp_path / "lengths.png")])
     assert used == ["wandb"]
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    # wandb's writer is a separate process (wandb-core) that may still be flushing when `finish()` returns on a
+    # loaded machine: read once its last record, `exit`, is there.
+    deadline = time.monotonic() + 60
     records = list(_wandb_records(run_file))
+    while "exit" not in [r.WhichOneof("record_type") for r in records]:
+        assert time.monotonic() < deadline, [r.WhichOneof("record_type") for r in records]
+        time.sleep(0.5)
+        records = list(_wandb_records(run_file))
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert (run.display_name, run.project, run.job_type) == ("sft-domino-synthesis", "proj", "domino-synthesis")
     (history,) = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
