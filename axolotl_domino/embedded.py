@@ -248,8 +248,10 @@ def _convert(model: EmbeddedModel, gguf: Path, dest: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-    hf_model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+    hf_model = _plain_model(
+        AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True, **_dequantized_gguf()
+        )
     )
 
     vocab = tokenizer.get_vocab()
@@ -284,6 +286,40 @@ def _convert(model: EmbeddedModel, gguf: Path, dest: Path) -> None:
         problems.append("weights are not (only) safetensors")
     if problems:
         raise RuntimeError(f"Converted {gguf.name} is unusable: {'; '.join(problems)}")
+
+
+def _dequantized_gguf() -> dict[str, Any]:
+    """Ask for dense weights where transformers can keep GGUF blocks packed (its ``GgufConfig``: 5.20, not 5.16).
+
+    Releases without ``GgufConfig`` (5.16) always dequantise on load.
+    """
+    try:
+        from transformers import GgufConfig
+    except ImportError:
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
+
+
+def _plain_model(loaded: Any) -> Any:
+    """The same weights in a model built from the config alone, which ``save_pretrained`` accepts.
+
+    In transformers 5.20 (not 5.16) a GGUF-loaded model carries a GGUF quantizer even when every weight was
+    dequantised, and ``save_pretrained`` refuses it as "not serializable". A model built from the
+    config (without its ``quantization_config``) and given the loaded state dict is the same network
+    with nothing left of the GGUF loading. On 5.16 (no quantizer) this is a plain copy.
+    """
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(loaded.config)
+    for sub in {id(c): c for c in (config, config.get_text_config())}.values():
+        sub.__dict__.pop("quantization_config", None)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), strict=True)  # packed GGUF blocks would fail here, loudly
+    plain.generation_config = copy.deepcopy(loaded.generation_config)
+    return plain.eval()
 
 
 def _write_marker(dest: Path, name: str, source: dict[str, Any]) -> None:
