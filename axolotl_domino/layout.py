@@ -14,7 +14,7 @@
       <key>/samples/samples-NNNNNN.jsonl, <key>/responses/responses-NNNNNN.jsonl   shards
       <key>/responses/responses-NNNNNN.jsonl.partial   answers of a shard still being answered (resume point)
       <key>/synthetic-<sha>.<format>.jsonl, README.md, manifest.json (last), scorecard.*
-      <key>/hf_dataset/README.md, data/train-00000-of-00001.parquet   the same rows + provenance
+      <key>/hf_dataset/README.md, data/train-<sha>.parquet   the same rows + provenance (content-addressed)
 """
 
 from __future__ import annotations

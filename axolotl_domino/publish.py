@@ -44,8 +44,10 @@ def check_hub_access(key: str) -> None:
         )
 
 
-def push_folder(folder: Path, repo_id: str, repo_type: str, private: bool, patterns: list[str], key: str) -> str:
-    """Create `repo_id` if needed and upload `folder`'s files matching `patterns`; return the repository URL."""
+def push_folder(folder: Path, repo_id: str, repo_type: str, private: bool, patterns: list[str], key: str,
+                replace: list[str] | None = None) -> str:
+    """Create `repo_id` if needed and upload `folder`'s files matching `patterns`, deleting the repository's files
+    matching `replace` in the same commit (a dataset's earlier parquet files); return the repository URL."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -54,7 +56,7 @@ def push_folder(folder: Path, repo_id: str, repo_type: str, private: bool, patte
         url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
         api.upload_folder(
             folder_path=folder, repo_id=repo_id, repo_type=repo_type, allow_patterns=patterns,
-            commit_message=f"axolotl-domino: {folder.name}",
+            delete_patterns=replace, commit_message=f"axolotl-domino: {folder.name}",
         )
     except HfHubHTTPError as exc:
         raise HubError(f"{key}: the Hub refused the push to {repo_id} ({exc}); check the token's write access.") from exc

@@ -37,7 +37,7 @@ from axolotl_domino.publish import DATASET_FILES, check_hub_access, push_folder
 from axolotl_domino.references import load_references, sample_text
 from axolotl_domino.respond import Responder
 from axolotl_domino.shards import Heartbeat, my_pending_shards, rank_and_world, shard_indices, wait_for
-from axolotl_domino.write import HF_PARQUET, instruction, record, write_dataset, write_hf_card, write_hf_dataset, write_manifest
+from axolotl_domino.write import instruction, record, write_dataset, write_hf_card, write_hf_dataset, write_manifest
 
 LOG = logging.getLogger("axolotl.integrations.domino.synthesize")
 
@@ -119,7 +119,7 @@ def synthesize(
         result = _synthesize(domino, base_model, rank, world_size, trust_remote_code)
     if repo:
         push_folder(SynthesisRun(result.dataset.parent).hf_dataset, repo, "dataset", domino.dataset.private, DATASET_FILES,
-                    "domino.dataset.push_to_hub")
+                    "domino.dataset.push_to_hub", replace=["data/*.parquet"])
     return result
 
 
@@ -168,7 +168,8 @@ def _finished(run: SynthesisRun, domino: DominoConfig) -> SynthesisResult | None
                  manifest.get("hf_dataset") is not None)
     wanted = (domino.dataset.format, domino.filters.model_dump(mode="json"), domino.responses.keep_unfinished,
               domino.dataset.hf_dataset)
-    intact = dataset.exists() and (not domino.dataset.hf_dataset or (run.hf_dataset / HF_PARQUET).exists())
+    parquet = manifest.get("hf_dataset_file")
+    intact = dataset.exists() and (not domino.dataset.hf_dataset or bool(parquet and (run.hf_dataset / parquet).exists()))
     if merged_as != wanted or not intact:
         return None  # same samples, other format, filters, response policy or exports: rank 0 merges again
     return SynthesisResult(dataset=dataset, manifest=manifest)
@@ -260,8 +261,9 @@ def _merge(domino, base_model, adapter_sha, run: SynthesisRun, num_shards: int, 
     counts["kept"] = len(rows)
     records = [record(domino.dataset.format, row["instruction"], row["response"]) for row in rows]
     dataset = write_dataset(records, run, domino.dataset.format)
+    parquet = None
     if domino.dataset.hf_dataset:
-        write_hf_dataset([{**rec, **_provenance(row, domino, reports)} for rec, row in zip(records, rows)], run)
+        parquet = write_hf_dataset([{**rec, **_provenance(row, domino, reports)} for rec, row in zip(records, rows)], run)
     adapter = source_adapter(domino)
     induction = json.loads((adapter / METADATA_FILE).read_text()) if (adapter / METADATA_FILE).exists() else {}
     manifest = {
@@ -283,6 +285,7 @@ def _merge(domino, base_model, adapter_sha, run: SynthesisRun, num_shards: int, 
         "world_size": world_size,
         "seconds_rank0_this_run": round(seconds, 2),
         "hf_dataset": run.hf_dataset.name if domino.dataset.hf_dataset else None,
+        "hf_dataset_file": parquet,
     }
     if domino.dataset.hf_dataset:
         write_hf_card(run, manifest, domino.dataset.license)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from axolotl_domino.files import fsync_path, jsonl_bytes, write_atomic
+from axolotl_domino.files import file_sha256, fsync_path, jsonl_bytes, write_atomic
 from axolotl_domino.layout import CARD_FILE, SynthesisRun
 
 
@@ -43,20 +43,27 @@ def write_dataset(records: list[dict[str, Any]], run: SynthesisRun, format: str)
     return path
 
 
-HF_PARQUET = "data/train-00000-of-00001.parquet"
+def write_hf_dataset(rows: list[dict[str, Any]], run: SynthesisRun) -> str:
+    """The rows (Axolotl columns + `domino_*` provenance) as the parquet file of a Hugging Face dataset folder;
+    returns its path in the folder, `data/train-<sha256[:16]>.parquet`.
 
-
-def write_hf_dataset(rows: list[dict[str, Any]], run: SynthesisRun) -> Path:
-    """The rows (Axolotl columns + `domino_*` provenance) as the parquet file of a Hugging Face dataset folder."""
+    Content-addressed because `datasets.load_dataset` caches a folder whose card names its data files by
+    those relative paths alone: with a fixed name, a second run's folder would open with the first one's rows.
+    Parquet files of earlier merges in the folder are removed (the card names only the current one).
+    """
     from datasets import Dataset
 
-    parquet = run.hf_dataset / HF_PARQUET
-    parquet.parent.mkdir(parents=True, exist_ok=True)
-    partial = parquet.with_name(f".{parquet.name}.tmp")
+    data = run.hf_dataset / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    partial = data / f".train.parquet.tmp-{os.getpid()}"
     Dataset.from_list(rows).to_parquet(str(partial))
+    name = f"data/train-{file_sha256(partial)[:16]}.parquet"
     fsync_path(partial)
-    os.replace(partial, parquet)
-    return run.hf_dataset
+    os.replace(partial, run.hf_dataset / name)
+    for old in data.glob("train-*.parquet"):
+        if old.name != Path(name).name:
+            old.unlink()
+    return name
 
 
 def _size_category(n: int) -> str:
@@ -73,7 +80,7 @@ def write_hf_card(run: SynthesisRun, manifest: dict[str, Any], license: str | No
     metadata = DatasetCardData(
         license=license or "other", tags=["synthetic", "domino", "axolotl"], task_categories=["text-generation"],
         size_categories=[_size_category(manifest["counts"]["kept"])], pretty_name="DOMINO synthetic dataset",
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": HF_PARQUET}]}],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": manifest["hf_dataset_file"]}]}],
     )
     body = dataset_card(manifest) + (f"\n## Scorecard\n\n{scorecard}" if scorecard else "")
     card = DatasetCard(f"---\n{metadata.to_yaml()}\n---\n\n{body}")

@@ -109,7 +109,8 @@ def test_hf_dataset_folder_opens_with_load_dataset_as_the_jsonl_rows_plus_proven
     ))
     result = synthesize(domino, str(tiny_model_dir), rank=0, world_size=1)
     folder = result.dataset.parent / "hf_dataset"
-    loaded = load_dataset(str(folder), split="train")
+    cache = str(tmp_path / "datasets-cache")  # one cache for every folder opened here, as a user's would be
+    loaded = load_dataset(str(folder), split="train", cache_dir=cache)
     jsonl = read_jsonl(result.dataset)
     assert len(loaded) == len(jsonl) == result.manifest["counts"]["kept"] >= 1
     for hf_row, row in zip(loaded, jsonl):
@@ -123,6 +124,14 @@ def test_hf_dataset_folder_opens_with_load_dataset_as_the_jsonl_rows_plus_proven
     assert metadata["license"] == "cc-by-4.0" and "synthetic" in metadata["tags"] and metadata["size_categories"] == ["n<1K"]
     assert DatasetCard.load(folder / "README.md").data.license == "cc-by-4.0"
     assert "## Scorecard" in text and str(tiny_model_dir) in text  # the scorecard summary and the base model
+
+    # Another run's folder, opened next with the same cache, gives its own rows (a fixed parquet name named in the
+    # card made `datasets` serve the first folder's cached rows for every later one).
+    other = DominoConfig.model_validate(_config(tmp_path / "other", adapter, synthesis={"keep_unfinished": True,
+                                        "num_samples": 6, "seed": 7}, dataset={"format": "completion"}))
+    second = synthesize(other, str(tiny_model_dir), rank=0, world_size=1)
+    reloaded = load_dataset(str(second.dataset.parent / "hf_dataset"), split="train", cache_dir=cache)
+    assert [{"text": row["text"]} for row in reloaded] == read_jsonl(second.dataset)
 
     before = {p: p.stat().st_mtime_ns for p in (folder / "data").iterdir()}
     off = DominoConfig.model_validate({**domino.model_dump(), "dataset": {**domino.dataset.model_dump(), "hf_dataset": False}})
