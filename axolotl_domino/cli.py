@@ -169,7 +169,7 @@ def plan(config: Path, tflops: float | None, world_size: int, as_json: bool) -> 
     Safe on a CPU login node for a GPU cluster's YAML: nothing is written, and the model's config comes from its
     folder, the Hub cache or the configs shipped for our examples.
     """
-    from axolotl_domino.estimate import EFFICIENCY, estimate, measure_hardware, model_shape
+    from axolotl_domino.estimate import EFFICIENCY, TRAIN_EFFICIENCY, estimate, measure_hardware, model_shape
     from axolotl_domino.pipeline import preflight, stage_plans
     from axolotl_domino.references import load_references
 
@@ -201,7 +201,8 @@ def plan(config: Path, tflops: float | None, world_size: int, as_json: bool) -> 
         })
     total = sum(row["seconds"] for row in table if not row["action"].startswith("skip"))
     if as_json:
-        click.echo(json.dumps({"config": str(config), "hardware": hw.description, "efficiency": EFFICIENCY,
+        click.echo(json.dumps({"config": str(config), "hardware": hw.description,
+                               "efficiency": {"train": TRAIN_EFFICIENCY, "generate": EFFICIENCY},
                                "params": shape.params, "stages": table, "total_seconds": round(total, 1), "notes": notes}))
         return
     click.echo(f"{config}: valid; preflight passed (no weights loaded, nothing written)")
@@ -209,7 +210,7 @@ def plan(config: Path, tflops: float | None, world_size: int, as_json: bool) -> 
                f"{shape.hidden}, vocabulary {shape.vocab}")
     click.echo(f"references: {len(lengths)}, {sum(lengths) / len(lengths):.0f} tokens on average")
     click.echo(f"hardware: {hw.description} per process, {world_size} process(es); estimates assume "
-               f"{EFFICIENCY:.0%} of it, plus start-ups")
+               f"{TRAIN_EFFICIENCY:.0%} of it for training, {EFFICIENCY:.0%} for generation, plus start-ups")
     rows = [("stage", "action", "estimate", "peak memory", "last run")] + [
         (row["stage"], row["action"], _duration(row["seconds"]),
          f"{row['peak_bytes'] / 2**30:.2f} GiB" if row["peak_bytes"] else "-", _duration(row["last_seconds"]))

@@ -3,7 +3,7 @@
 Never loads weights: the parameter count comes from the model built on the `meta` device. Time is
 FLOPs over a measured rate:
 
-    seconds = FLOPs / (matmul FLOP/s measured here x EFFICIENCY) + start-up
+    seconds = FLOPs / (matmul FLOP/s measured here x efficiency) + start-up
 
 with N parameters and FLOPs per token of 2N for a forward pass (generation, scoring), 4N for induction
 (forward + gradients of the activations: the model is frozen, only D and S learn) and 6N for full SFT
@@ -27,8 +27,11 @@ import torch
 from axolotl_domino.args import DominoConfig
 from axolotl_domino.loss import LOGIT_CHUNK_TOKENS
 
-# Share of the measured matmul rate a whole stage reaches (small batches, attention, sampling, Python, I/O);
-# set from the quickstart measured on 2 CPU cores (bench/README.md, "plan").
+# Share of the measured matmul rate a stage reaches: training steps (large batched matmuls, forward and
+# backward) and generation and scoring (token-by-token decoding, sampling, Python). Set from the quickstart
+# on 2 quiet CPU cores (bench/README.md, "plan"): its induction steps reached 0.44 of the measured rate,
+# its sampling and responses about 0.25.
+TRAIN_EFFICIENCY = 0.4
 EFFICIENCY = 0.25
 ACTIVATION_BYTES = 24  # per token x layer x hidden unit kept for the backward pass in float32 (sdpa attention)
 START_UP_S = {"cpu": 25.0, "cuda": 40.0}  # one `axolotl` process: imports, config, tokenizer, model load
@@ -93,7 +96,7 @@ class Hardware:
 
 
 def measure_hardware(tflops: float | None = None) -> Hardware:
-    """This machine's matmul rate (float32 on CPU, bf16 on a GPU), the fastest of repeats over about half a second.
+    """This machine's matmul rate (float32 on CPU, bf16 on a GPU), the fastest of repeats over 1.5 s.
 
     `tflops` plans for other hardware instead: an accelerator with that dense bf16 rate per process.
     """
@@ -104,7 +107,7 @@ def measure_hardware(tflops: float | None = None) -> Hardware:
     n = 2048 if cuda else 1024
     a = torch.randn(n, n, device=device, dtype=dtype)
     a @ a  # warm-up
-    best, deadline = 0.0, time.perf_counter() + 0.6
+    best, deadline = 0.0, time.perf_counter() + 1.5
     while time.perf_counter() < deadline:  # other load on the node slows some repeats, not the fastest
         start = time.perf_counter()
         a @ a
@@ -123,8 +126,8 @@ class StageEstimate:
     basis: str  # the numbers that went into it, for the reader to check
 
 
-def _seconds(flops: float, hw: Hardware) -> float:
-    return flops / (hw.flops * EFFICIENCY)
+def _seconds(flops: float, hw: Hardware, efficiency: float = EFFICIENCY) -> float:
+    return flops / (hw.flops * efficiency)
 
 
 def _zero_stage(deepspeed: Any) -> int:
@@ -163,7 +166,8 @@ def estimate(
         peak = (weights + micro_tokens * shape.layers * shape.hidden * ACTIVATION_BYTES
                 + min(micro_tokens, LOGIT_CHUNK_TOKENS) * shape.vocab * 4 * 3 + (k + n * l) * shape.hidden * 4 * 4)
         stages.append(StageEstimate(
-            "induction", _seconds(train / world_size + evals * per_eval, hw) + start_up, int(peak),
+            "induction", _seconds(train / world_size, hw, TRAIN_EFFICIENCY) + _seconds(evals * per_eval, hw) + start_up,
+            int(peak),
             f"{steps} steps x {micro_tokens:.0f} tokens x 4N; {evals} evals",
         ))
 
@@ -218,7 +222,8 @@ def estimate(
         states = weights if lora else share(weights, 3) + share(weights, 2) + share(n_params * 12, 1)
         peak = states + activations
         stages.append(StageEstimate(
-            "sft", _seconds(rows * row_tokens * epochs * per_token * n_params / world_size, hw) + start_up, int(peak),
+            "sft", _seconds(rows * row_tokens * epochs * per_token * n_params / world_size, hw, TRAIN_EFFICIENCY) + start_up,
+            int(peak),
             f"<= {rows} rows x <= {row_tokens} tokens x {epochs:g} epochs x {per_token}N"
             + (f", ZeRO-{zero} over {ranks}" if zero and not lora else ""),
         ))

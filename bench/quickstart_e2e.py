@@ -64,7 +64,7 @@ def main() -> None:
     if proc.returncode != 0:
         sys.exit(f"quickstart failed with exit code {proc.returncode}")
     measured = measured_stages(REPO / "domino_out")
-    print(f"plan ({plan['hardware']}, efficiency {plan['efficiency']}):")
+    print(f"plan ({plan['hardware']}, efficiency {plan['efficiency']}):")  # train / generate
     estimate = {row["stage"]: row["seconds"] for row in plan["stages"]}
     pairs = {
         "induction (the child's run)": (estimate["induction"], measured["induction"]),

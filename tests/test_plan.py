@@ -65,10 +65,10 @@ def test_estimates_follow_the_stated_formulas():
         "score": {"enabled": False},
     })
     stages = {s.stage: s for s in estimate(domino, {}, shape, [9, 11, 10, 10], hw)}
-    from axolotl_domino.estimate import EFFICIENCY, START_UP_S
+    from axolotl_domino.estimate import EFFICIENCY, START_UP_S, TRAIN_EFFICIENCY
 
     # 2 steps of 2 x (8 + 8) prefix tokens + 2 x 2 candidates x 10 tokens = 72 tokens, 4N FLOPs each
-    assert stages["induction"].seconds == pytest.approx(2 * 72 * 4e9 / (1e12 * EFFICIENCY) + START_UP_S["cuda"])
+    assert stages["induction"].seconds == pytest.approx(2 * 72 * 4e9 / (1e12 * TRAIN_EFFICIENCY) + START_UP_S["cuda"])
     # 100 samples x (8 + 50) tokens x 2N
     assert stages["synthesis"].seconds == pytest.approx(100 * 58 * 2e9 / (1e12 * EFFICIENCY) + START_UP_S["cuda"])
     assert "responses" not in stages and "sft" not in stages and "scorecard" not in stages
