@@ -175,7 +175,15 @@ class DominoPromptModel(PeftModelForCausalLM):
             write_atomic(directory / SAMPLE_TOKENS_FILE, save(self.domino_sample.tensors()))
         metadata = json.dumps(self.domino_metadata, indent=2, sort_keys=True) + "\n"
         write_atomic(directory / METADATA_FILE, metadata.encode())
-        write_atomic(directory / "README.md", model_card(self.domino_metadata).encode("utf-8"))
+        write_model_card(directory)
+
+
+def write_model_card(directory: Path) -> None:
+    """README.md of an adapter folder: D*'s Hub model card, from the run's metadata saved beside it.
+
+    Also called after Axolotl's own end of training, which writes its generic card over ours."""
+    metadata = json.loads((Path(directory) / METADATA_FILE).read_text())
+    write_atomic(Path(directory) / "README.md", model_card(metadata).encode("utf-8"))
 
 
 def model_card(metadata: dict[str, Any]) -> str:

@@ -131,6 +131,18 @@ class DominoPlugin(BasePlugin):
         with user_errors():
             return [InductionDiagnostics(trainer, domino, load_references(domino).texts)]
 
+    def post_train(self, cfg, model) -> None:
+        """Axolotl writes its generic model card over D*'s at the very end: write D*'s card again (main process).
+
+        Axolotl 0.19 calls this hook twice, right after training (D* not saved yet: nothing to do) and last."""
+        import os
+
+        from axolotl_domino.induce import METADATA_FILE, write_model_card
+
+        adapter = Path(cfg.output_dir)
+        if _inducing(cfg) and int(os.environ.get("RANK", "0")) == 0 and (adapter / METADATA_FILE).is_file():
+            write_model_card(adapter)
+
     def get_collator_cls_and_kwargs(self, cfg, is_eval: bool = False):
         if not _inducing(cfg):
             return None  # never (None, None): Axolotl treats any tuple as "use this collator"

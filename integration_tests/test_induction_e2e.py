@@ -105,6 +105,10 @@ def test_induction_learns_and_round_trips_through_peft(smollm2, induced):
         assert len(tensorboard_scalars(out, f"train/domino/eval/{name}")) == 2, name
     assert (out / "induction_report.png").read_bytes()[:4] == b"\x89PNG"
     assert "induction eval at step 16 took" in log
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")  # ours, written again after Axolotl's generic card
+    assert card.data.library_name == "peft" and "domino" in card.data.tags and "# DOMINO domain tokens D*" in card.text
 
     # D* round-trips through PEFT: plain prompt tuning over the loaded adapter gives exactly L1.
     model = PeftModel.from_pretrained(base, str(out)).eval()
