@@ -63,14 +63,26 @@ def check_repo_id(repo: str | None) -> str | None:
     return repo
 
 
-PUSH_FIELDS = {"push_to_hub", "private"}
-"""Where a result is published, not what it is: no stage key includes them."""
-
-
 class _Block(BaseModel):
     """Base of every `domino:` sub-block: typos are errors, not silently ignored keys."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class _Publishable(_Block):
+    """A block whose result can be pushed to the Hub; each block redeclares `push_to_hub` to say what goes."""
+
+    push_to_hub: str | None = Field(default=None, description="Hub repository (org/name) to push the result to.")
+    private: bool = Field(default=True, description="Create the `push_to_hub` repository as private.")
+
+    @field_validator("push_to_hub")
+    @classmethod
+    def _push_repo(cls, repo: str | None) -> str | None:
+        return check_repo_id(repo)
+
+
+PUSH_FIELDS = set(_Publishable.model_fields)
+"""Where a result is published, not what it is: no stage key includes them."""
 
 
 class ReferencesConfig(_Block):
@@ -99,7 +111,7 @@ class ReferencesConfig(_Block):
         return self
 
 
-class InductionConfig(_Block):
+class InductionConfig(_Publishable):
     """`domino.induction`: the soft tokens and the contrastive disentanglement loss (METHOD.md)."""
 
     num_domain_tokens: int = Field(default=256, ge=1, description="k: domain soft tokens D shared by all references.")
@@ -172,12 +184,6 @@ class InductionConfig(_Block):
         description="Hub repository (org/name) to push D* to as a PEFT adapter with its model card, after every "
         "induction run or skip; needs a token with write access (HF_TOKEN or `hf auth login`).",
     )
-    private: bool = Field(default=True, description="Create the `push_to_hub` repository as private.")
-
-    @field_validator("push_to_hub")
-    @classmethod
-    def _push_repo(cls, repo: str | None) -> str | None:
-        return check_repo_id(repo)
     seed: int = Field(
         default=0, description="Seed of the soft-token initialisation, the sampled negatives and the data order."
     )
@@ -340,7 +346,7 @@ class ResponsesConfig(_Block):
         return self
 
 
-class DatasetConfig(_Block):
+class DatasetConfig(_Publishable):
     """`domino.dataset`: the Axolotl dataset the synthetic samples are written as."""
 
     format: Literal["completion", "alpaca", "chat_template"] | None = Field(
@@ -364,12 +370,6 @@ class DatasetConfig(_Block):
         description="Hub dataset repository (org/name) to push `hf_dataset/` (parquet + card) to after synthesis; "
         "needs `hf_dataset: true` and a token with write access (HF_TOKEN or `hf auth login`).",
     )
-    private: bool = Field(default=True, description="Create the `push_to_hub` repository as private.")
-
-    @field_validator("push_to_hub")
-    @classmethod
-    def _push_repo(cls, repo: str | None) -> str | None:
-        return check_repo_id(repo)
 
     @model_validator(mode="after")
     def _push_needs_folder(self) -> "DatasetConfig":
