@@ -51,6 +51,12 @@ def check_endpoint(settings: EndpointConfig, key: str) -> None:
                     key, settings.base_url, exc.strerror or exc)
 
 
+def requests_per_call(endpoint: EndpointConfig | None, batch_size: int) -> int:
+    """Conversations handed over per call: `concurrency` for a server (all in flight at once), else the local
+    model's batch."""
+    return endpoint.concurrency if endpoint is not None else batch_size
+
+
 class EndpointChat:
     """Chat completions from `settings.base_url`, `settings.concurrency` requests at a time.
 

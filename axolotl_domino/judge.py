@@ -16,7 +16,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from axolotl_domino.args import INSTRUCTION_LEVELS, RESPONSE_LEVELS, JudgeFilterConfig
-from axolotl_domino.endpoint import EndpointChat
+from axolotl_domino.endpoint import EndpointChat, requests_per_call
 from axolotl_domino.hf import ChatGenerator, Conversation
 
 LOG = logging.getLogger("axolotl.integrations.domino.judge")
@@ -103,7 +103,7 @@ def _rate(
 ) -> list[str | None]:
     """Per prompt: None (kept), `<what>_rated_<level>` or `judge_unparsable`."""
     reasons: list[str | None] = []
-    step = settings.endpoint.concurrency if settings.endpoint is not None else settings.batch_size
+    step = requests_per_call(settings.endpoint, settings.batch_size)
     with tqdm(total=len(prompts), desc=f"domino: judging {what}s", unit="sample") as progress:
         for start in range(0, len(prompts), step):
             batch = prompts[start : start + step]

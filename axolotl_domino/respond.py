@@ -13,7 +13,7 @@ from typing import Any
 from transformers import PreTrainedModel
 
 from axolotl_domino.args import ResponsesConfig
-from axolotl_domino.endpoint import EndpointChat
+from axolotl_domino.endpoint import EndpointChat, requests_per_call
 from axolotl_domino.generate import sample_seed
 from axolotl_domino.hf import Chat, ChatGenerator, Conversation, Reply
 
@@ -33,10 +33,9 @@ class Responder:
     def batch_size(self) -> int:
         """Instructions per call: as given (a vLLM engine takes a whole shard), `concurrency` requests in flight
         for a server, else one batch of the local model."""
-        endpoint = self.settings.endpoint
         if self._batch_size is not None:
             return self._batch_size
-        return endpoint.concurrency if endpoint is not None else self.settings.batch_size
+        return requests_per_call(self.settings.endpoint, self.settings.batch_size)
 
     def messages(self, instruction: str) -> Conversation:
         turns = [{"role": "system", "content": self.settings.system_prompt}] if self.settings.system_prompt else []
