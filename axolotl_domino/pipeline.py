@@ -231,11 +231,11 @@ def stage_plans(domino: DominoConfig, base_model: str, settings: Mapping[str, An
     if domino.synthesis.adapter:
         plans["induction"] = StagePlan("skip: D* given by domino.synthesis.adapter", None)
     else:
-        key = induction_key(domino, induction_config(domino, base_model, settings))
         up_to_date, note = induction_done_as(domino, base_model, settings)
         if up_to_date:
             plans["induction"] = StagePlan("skip: up to date" + note, json.loads(layout.induction_done.read_text()).get("seconds"))
         else:
+            key = induction_key(domino, induction_config(domino, base_model, settings))
             mine = layout.checkpoints_key.exists() and layout.checkpoints_key.read_text().strip() == key
             saved = [c for c in sorted(layout.adapter.glob("checkpoint-*")) if (c / "trainer_state.json").is_file()]
             plans["induction"] = StagePlan(f"resume from {saved[-1].name}" if mine and saved else "run", None)
@@ -268,9 +268,9 @@ def induction_done_as(domino: DominoConfig, base_model: str, settings: Mapping[s
     The inputs match when their key does, or when it does with this node's `NODE_RESOLVED_KEYS` replaced by
     those of the config the induction ran with (`induction/induce-<key>.yaml`)."""
     layout = Layout.of(domino)
-    done = json.loads(layout.induction_done.read_text()) if layout.induction_done.exists() else {}
-    if done.get("key") == induction_key(domino, induction_config(domino, base_model, settings)):
+    if induction_up_to_date(layout, induction_key(domino, induction_config(domino, base_model, settings))):
         return True, ""
+    done = json.loads(layout.induction_done.read_text()) if layout.induction_done.exists() else {}
     trained = layout.induction / str(done.get("config", ""))
     if not done or not trained.is_file():
         return False, ""
