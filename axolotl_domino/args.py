@@ -327,7 +327,12 @@ class ResponsesConfig(_Block):
     temperature: float = Field(default=0.0, ge=0.0, description="0 = greedy.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(default=512, ge=1, description="Longest response, in tokens.")
-    batch_size: int = Field(default=8, ge=1, description="Instructions answered together.")
+    batch_size: int | None = Field(
+        default=None, ge=1,
+        description="Instructions answered together, shortest first; default: as many as fit in half the free memory "
+        "(at most 128). Sampled answers (temperature > 0) depend on their batch: set it for answers that are the same "
+        "on every machine.",
+    )
     keep_unfinished: bool = Field(
         default=False, description="Keep responses that hit max_new_tokens before EOS (dropped and counted otherwise)."
     )
@@ -496,7 +501,11 @@ class JudgeFilterConfig(_FilterBlock):
         description="Keep rows whose verdict has no JSON object with a known rating (counted either way).",
     )
     max_new_tokens: int = Field(default=256, ge=1, description="Longest verdict, in tokens.")
-    batch_size: int = Field(default=8, ge=1, description="Verdicts generated together.")
+    batch_size: int | None = Field(
+        default=None, ge=1,
+        description="Verdicts generated together, shortest prompt first; default: as many as fit in half the free "
+        "memory (at most 128).",
+    )
     trust_remote_code: bool = Field(
         default=False, description="Allow the judge's own modelling code (never turned on implicitly)."
     )
@@ -605,6 +614,13 @@ class DominoConfig(_Block):
         default=True,
         description="Without CUDA, set precision, attention and LoRA-kernel options that run on CPU "
         "(each change is logged) and reject settings that cannot.",
+    )
+    cpu_bf16: bool | Literal["auto"] = Field(
+        default="auto",
+        description="Without CUDA: bf16 where the CPU has bf16 units (AMX, AVX512-BF16, Arm BF16), float32 "
+        "where it has none (auto); false for float32, true for bf16 regardless. bf16 means bf16 weights for "
+        "sampling, answers and the judge, and `bf16: true` (autocast; D, S, LoRA and optimizer state stay "
+        "float32) for induction and SFT when the YAML leaves `bf16` unset or auto.",
     )
 
     @model_validator(mode="after")

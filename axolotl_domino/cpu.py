@@ -4,6 +4,9 @@ Axolotl 0.19 assumes a GPU in several defaults: `bf16: auto` turns on fp16 autoc
 the LoRA fused kernels are auto-enabled and allocate CUDA tensors, and a multi-process CPU
 launch gets an integer (GPU) device map. This module fixes what has a CPU equivalent, logs
 every change, and rejects what has none, before validation and before any model is loaded.
+
+It also decides the CPU's precision (`domino.cpu_bf16`): bf16 where the CPU has bf16 matrix or dot-product
+units (AMX, AVX512-BF16, Arm BF16), where it is faster, and float32 where it has none, where bf16 is slower.
 """
 
 from __future__ import annotations
@@ -16,6 +19,35 @@ LOG = logging.getLogger("axolotl.integrations.domino.cpu")
 
 LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
 CUDA_ONLY_ATTENTION = ("flash_attention", "xformers_attention", "s2_attention", "flex_attention")
+ATTENTION_FLAGS = CUDA_ONLY_ATTENTION + ("sdp_attention", "eager_attention", "sage_attention")
+
+
+# torch.cpu.get_capabilities() names of units that compute in bf16 (x86 AMX and AVX512-BF16, Arm SVE/NEON BF16)
+BF16_UNITS = ("amx_bf16", "avx512_bf16", "sve_bf16", "bf16")
+
+
+def cpu_bf16_units() -> list[str]:
+    """The bf16 units this CPU reports to torch (empty on a CPU without them)."""
+    import torch
+
+    capabilities = torch.cpu.get_capabilities()
+    return [unit for unit in BF16_UNITS if capabilities.get(unit) is True]
+
+
+def use_cpu_bf16(setting: bool | str, units: list[str] | None = None) -> bool:
+    """`domino.cpu_bf16`: "auto" means bf16 exactly when the CPU has bf16 units; true and false force it."""
+    if setting == "auto":
+        return bool(cpu_bf16_units() if units is None else units)
+    return bool(setting)
+
+
+def precision_reason(setting: bool | str, units: list[str] | None = None) -> str:
+    """Why a CPU run uses the precision it does, for the log."""
+    units = cpu_bf16_units() if units is None else units
+    have = f"this CPU has {', '.join(units)}" if units else "this CPU has no bf16 units (bf16 would be slower)"
+    if setting == "auto":
+        return f"{have}; domino.cpu_bf16: auto"
+    return f"domino.cpu_bf16: {str(setting).lower()} ({have})"
 
 
 class CpuConfigError(ValueError):
@@ -26,10 +58,11 @@ def _unset_or_auto(value: Any) -> bool:
     return value is None or value == "auto"
 
 
-def apply_cpu_defaults(cfg: MutableMapping[str, Any]) -> list[str]:
+def apply_cpu_defaults(cfg: MutableMapping[str, Any], units: list[str] | None = None) -> list[str]:
     """Rewrite the raw (unvalidated) config in place for CPU; return the changes made.
 
-    Raises `CpuConfigError` listing every setting that needs CUDA, with its fix.
+    `units`: the CPU's bf16 units (detected when None). Raises `CpuConfigError` listing every setting that
+    needs CUDA, with its fix.
     """
     errors: list[str] = []
     changes: list[str] = []
@@ -64,7 +97,17 @@ def apply_cpu_defaults(cfg: MutableMapping[str, Any]) -> list[str]:
         )
 
     if _unset_or_auto(cfg.get("bf16")):
-        set_value("bf16", False, "bf16: auto would turn on fp16 autocast on CPU")
+        setting = (cfg.get("domino") or {}).get("cpu_bf16", "auto")
+        if use_cpu_bf16(setting, units):
+            set_value("bf16", True, f"bf16 autocast, float32 trainable weights and optimizer state: "
+                                    f"{precision_reason(setting, units)}")
+            attention_chosen = cfg.get("attn_implementation") or any(cfg.get(flag) for flag in ATTENTION_FLAGS)
+            if not attention_chosen and not cfg.get("sample_packing"):
+                set_value("attn_implementation", "eager", "in bf16 on a CPU, sdpa's backward is slow: an induction "
+                                                          "step takes 1.3x as long as with eager (bench/README.md)")
+        else:
+            set_value("bf16", False, f"float32: {precision_reason(setting, units)}; "
+                                     "bf16: auto would turn on fp16 autocast on CPU")
     if cfg.get("fp16") is None:
         set_value("fp16", False, "fp16 needs CUDA")
     if cfg.get("tf32"):

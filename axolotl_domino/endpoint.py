@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from axolotl_domino.args import EndpointConfig
 from axolotl_domino.errors import DominoError
-from axolotl_domino.hf import Conversation, Reply
+from axolotl_domino.hf import ChatGenerator, Conversation, Reply
 
 LOG = logging.getLogger("axolotl.integrations.domino.endpoint")
 
@@ -51,10 +51,15 @@ def check_endpoint(settings: EndpointConfig, key: str) -> None:
                     key, settings.base_url, exc.strerror or exc)
 
 
-def requests_per_call(endpoint: EndpointConfig | None, batch_size: int) -> int:
+def requests_per_call(endpoint: EndpointConfig | None, batch_size: int | None, local: ChatGenerator | None,
+                      max_new_tokens: int) -> int:
     """Conversations handed over per call: `concurrency` for a server (all in flight at once), else the local
-    model's batch."""
-    return endpoint.concurrency if endpoint is not None else batch_size
+    model's batch: `batch_size` as set, else what fits in memory (`local`), else 8 (a judge given as a function)."""
+    if endpoint is not None:
+        return endpoint.concurrency
+    if batch_size is not None:
+        return batch_size
+    return local.auto_batch_size(max_new_tokens) if local is not None else 8
 
 
 class EndpointChat:

@@ -66,11 +66,12 @@ def apply_filters(
     references: list[str],
     judge: Judge | None = None,
     base_model: str | None = None,
+    cpu_bf16: bool = False,
 ) -> tuple[list[dict[str, Any]], list[FilterReport]]:
     """The rows every enabled filter keeps, in their original order, and one report per enabled filter.
 
     `references` are the reference texts (for novelty). The judge filter uses `judge` when given,
-    else loads `settings.judge.model`, else `base_model`.
+    else loads `settings.judge.model`, else `base_model` (in bf16 on a CPU when `cpu_bf16`).
     """
     kept_flags = {UNPARSABLE} if settings.judge.keep_unparsable else set()
     checks: dict[str, Callable[[list[dict[str, Any]]], list[str | None]]] = {
@@ -79,7 +80,7 @@ def apply_filters(
         "novelty": partial(novelty_reasons, settings=settings.novelty, references=references),
         "decontamination": partial(contamination_reasons, settings=settings.decontamination),
         "execution": partial(execution_reasons, settings=settings.execution),
-        "judge": lambda kept: judge_reasons(kept, settings.judge, judge or load_judge(settings.judge, base_model)),
+        "judge": lambda kept: judge_reasons(kept, settings.judge, judge or load_judge(settings.judge, base_model, cpu_bf16)),
     }
     reports = []
     for name, check in checks.items():

@@ -18,7 +18,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from axolotl_domino.args import SynthesisConfig
-from axolotl_domino.generate import Sample, sample_seed
+from axolotl_domino.generate import Sample
+from axolotl_domino.hf import sample_seed
 from axolotl_domino.hf import Conversation, Reply
 
 

@@ -1,5 +1,10 @@
 """Hugging Face plumbing every model user shares: loading for a device, stop and pad ids, padding,
-and one batched chat generator (the responder and the judge are both "a chat model answering turns").
+the decoding loop, and one batched chat generator (the responder and the judge are both "a chat model
+answering turns").
+
+`decode` is the loop of both generators (`generate.PrefixSampler` for samples from D*, `ChatGenerator`
+for answers and verdicts): a row leaves the batch, and its key/value cache, as soon as it ends, so
+one long answer does not keep a whole batch decoding padding, and a big batch costs what its rows need.
 """
 
 from __future__ import annotations
@@ -8,8 +13,18 @@ import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
-from transformers import PreTrainedModel
+from torch import Tensor
+from transformers import (
+    DynamicCache,
+    LogitsProcessorList,
+    PreTrainedModel,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 
 def rank_device() -> torch.device:
@@ -23,8 +38,16 @@ def rank_device() -> torch.device:
     return torch.device("cpu")
 
 
-def load_model(name: str, device: torch.device, trust_remote_code: bool = False, load_weights: bool = True):
-    """(tokenizer, causal LM in eval mode on `device`): bf16 on GPUs that support it, float32 elsewhere.
+def inference_dtype(device: torch.device, cpu_bf16: bool = False) -> torch.dtype:
+    """bf16 on GPUs that support it, and on a CPU when `cpu_bf16` (the caller's `cpu.use_cpu_bf16`); else float32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if device.type == "cpu" and cpu_bf16 else torch.float32
+
+
+def load_model(name: str, device: torch.device, trust_remote_code: bool = False, load_weights: bool = True,
+               cpu_bf16: bool = False):
+    """(tokenizer, causal LM in eval mode on `device`, in `inference_dtype`).
 
     `load_weights=False` returns no model (the vLLM backend loads its own copy).
     """
@@ -33,7 +56,7 @@ def load_model(name: str, device: torch.device, trust_remote_code: bool = False,
     tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     if not load_weights:
         return tokenizer, None
-    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    dtype = inference_dtype(device, cpu_bf16)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
     return tokenizer, model.to(device).eval()
 
@@ -69,6 +92,130 @@ def pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
+# Config keys of output heads that are more than a matmul of the hidden state: their logits need the model's forward.
+SCALED_HEADS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def last_logits(model: PreTrainedModel, **inputs: Any) -> tuple[Tensor, Any]:
+    """One forward: the next-token logits at each row's last position [N, V], and the key/value cache.
+
+    The output embedding multiplies a 2-D [N, hidden] tensor. `model(..., logits_to_keep=1)` multiplies a
+    strided [N, 1, hidden] slice instead, which in bf16 on a CPU becomes a batched matmul over N copies of
+    the whole output embedding: 1.9 s of a 8.5 s induction step in bf16 (bench/README.md), and N x its size
+    in memory for a batch of prompts.
+    """
+    if any(getattr(model.config.get_text_config(), key, None) for key in SCALED_HEADS):
+        out = model(**inputs, logits_to_keep=1)
+        return out.logits[:, -1], out.past_key_values
+    out = model.get_decoder()(**inputs)
+    return model.get_output_embeddings()(out.last_hidden_state[:, -1]), out.past_key_values
+
+
+# The most sequences `auto_batch_size` puts in one batch (bench/README.md: throughput against batch size).
+AUTO_BATCH_LIMIT = 128
+
+
+def auto_batch_size(model: PreTrainedModel, prefix_len: int, max_new_tokens: int, limit: int = AUTO_BATCH_LIMIT) -> int:
+    """Sequences per batch that fit in half the free memory (key/value cache + logits per sequence)."""
+    config = model.config.get_text_config()
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    itemsize = next(model.parameters()).element_size()
+    kv_bytes = 2 * config.num_hidden_layers * heads * head_dim * (prefix_len + max_new_tokens) * itemsize
+    per_sequence = 2 * kv_bytes + 4 * config.vocab_size * 4  # cat() copies during growth; float32 logits
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    return max(1, min(limit, int(free * 0.5 // per_sequence)))
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """Seed of sample `index`'s own random stream: independent of batch, shard and rank."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] % (2**63))
+
+
+def row_generators(seed: int, indices: list[int]) -> list[torch.Generator]:
+    """One random stream per row, seeded by (seed, index)."""
+    return [torch.Generator().manual_seed(sample_seed(seed, i)) for i in indices]
+
+
+def warpers(temperature: float, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0) -> LogitsProcessorList:
+    """Hugging Face's own logits processors for these sampling settings (none for greedy)."""
+    processors = [RepetitionPenaltyLogitsProcessor(repetition_penalty)] if repetition_penalty != 1 else []
+    if temperature > 0:
+        processors.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            processors.append(TopKLogitsWarper(top_k))
+        if top_p < 1:
+            processors.append(TopPLogitsWarper(top_p))
+    return LogitsProcessorList(processors)
+
+
+def pick(scores: Tensor, generators: list[torch.Generator] | None) -> Tensor:
+    """Greedy (no generators), or one inverse-CDF draw per row from that row's own generator (vectorised)."""
+    if generators is None:
+        return scores.argmax(dim=-1)
+    cdf = torch.softmax(scores, dim=-1).cumsum(dim=-1)
+    uniforms = torch.cat([torch.rand(1, generator=g) for g in generators]).to(cdf.device)
+    picked = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None]).squeeze(1)
+    return picked.clamp(max=scores.shape[-1] - 1)
+
+
+@torch.no_grad()
+def decode(
+    model: PreTrainedModel,
+    cache: DynamicCache,
+    logits: Tensor,
+    max_new_tokens: int,
+    stop_ids: set[int],
+    processors: LogitsProcessorList,
+    generators: list[torch.Generator] | None = None,
+    attention_mask: Tensor | None = None,
+    hit_stop: Callable[[list[int]], bool] | None = None,
+) -> tuple[list[list[int]], list[bool]]:
+    """Decode a batch whose prompts are in `cache` (`logits`: each row's next-token logits, [b, V]).
+
+    Returns per row the tokens before the first stop id, and whether it stopped (a stop id, or
+    `hit_stop(tokens)`) rather than reaching `max_new_tokens`. `generators`: one per row, or None for
+    greedy. `attention_mask` [b, prompt length]: left-padded prompts (None: every row's prompt is whole).
+    """
+    b, device = logits.shape[0], logits.device
+    tokens: list[list[int]] = [[] for _ in range(b)]
+    finished = [False] * b
+    active = list(range(b))  # rows still decoding; the cache holds exactly these rows
+    history = torch.empty(b, 0, dtype=torch.long, device=device)
+    for step in range(max_new_tokens):
+        scores = processors(history, logits)
+        chosen = pick(scores, None if generators is None else [generators[r] for r in active]).to(device)
+        history = torch.cat([history, chosen[:, None]], dim=1)
+        for row, token in zip(active, chosen.tolist()):
+            if token in stop_ids:
+                finished[row] = True
+            else:
+                tokens[row].append(token)
+                finished[row] = hit_stop is not None and hit_stop(tokens[row])
+        keep = [j for j, row in enumerate(active) if not finished[row]]
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(active):
+            rows = torch.tensor(keep, device=device)
+            cache.batch_select_indices(rows)
+            chosen, history = chosen[rows], history[rows]
+            attention_mask = None if attention_mask is None else attention_mask[rows]
+            active = [active[j] for j in keep]
+        step_inputs: dict[str, Tensor] = {}
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=1)
+            step_inputs = {"attention_mask": attention_mask, "position_ids": attention_mask.sum(1, keepdim=True) - 1}
+        out = model(input_ids=chosen[:, None], past_key_values=cache, use_cache=True, **step_inputs)
+        logits = out.logits[:, -1].float()
+    return tokens, finished
+
+
 class Reply(NamedTuple):
     text: str  # up to the first stop token, special tokens removed, stripped
     finished: bool  # ended at a stop token (not cut by max_new_tokens)
@@ -80,7 +227,7 @@ Chat = Callable[..., list[Reply]]
 
 
 class ChatGenerator:
-    """A chat model answering conversations: its chat template, left-padded batches, plain `generate`.
+    """A chat model answering conversations: its chat template, left-padded batches, `decode`.
 
     `key` is the config key that named the model, for the error when it is not a chat model.
     """
@@ -92,9 +239,13 @@ class ChatGenerator:
         self.stop = stop_token_ids(model, tokenizer)
 
     @classmethod
-    def load(cls, name: str, key: str, trust_remote_code: bool = False) -> ChatGenerator:
-        tokenizer, model = load_model(name, rank_device(), trust_remote_code)
+    def load(cls, name: str, key: str, trust_remote_code: bool = False, cpu_bf16: bool = False) -> ChatGenerator:
+        tokenizer, model = load_model(name, rank_device(), trust_remote_code, cpu_bf16=cpu_bf16)
         return cls(model, tokenizer, key)
+
+    def auto_batch_size(self, max_new_tokens: int, prompt_tokens: int = 512) -> int:
+        """Conversations per batch that fit in half the free memory, for prompts of up to `prompt_tokens`."""
+        return auto_batch_size(self.model, prompt_tokens, max_new_tokens)
 
     @torch.no_grad()
     def __call__(
@@ -105,7 +256,7 @@ class ChatGenerator:
         top_p: float = 1.0,
         seed: int = 0,
     ) -> list[Reply]:
-        """One reply per conversation; `temperature` 0 is greedy, else sampling seeded by `seed`."""
+        """One reply per conversation; `temperature` 0 is greedy, else row r samples from stream (seed, r)."""
         prompts = [
             self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
             for turns in conversations
@@ -113,22 +264,11 @@ class ChatGenerator:
         batch = self.tokenizer(
             prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
         ).to(self.model.device)
-        sampling = temperature > 0
-        if sampling:  # greedy replies need no seed; the judge's must not reset the global generator
-            torch.manual_seed(seed)
-        out = self.model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=sampling,
-            temperature=temperature if sampling else None,
-            top_p=top_p if sampling else None,
-            top_k=None,
-            eos_token_id=sorted(self.stop),
-            pad_token_id=pad_token_id(self.tokenizer),
-        )
-        replies = []
-        for row in out[:, batch["input_ids"].shape[1] :].tolist():
-            end = next((j for j, token in enumerate(row) if token in self.stop), None)
-            text = self.tokenizer.decode(row if end is None else row[:end], skip_special_tokens=True).strip()
-            replies.append(Reply(text, end is not None))
-        return replies
+        mask = batch["attention_mask"]
+        logits, cache = last_logits(self.model, input_ids=batch["input_ids"], attention_mask=mask, use_cache=True,
+                                    position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                                    past_key_values=DynamicCache(config=self.model.config))
+        generators = row_generators(seed, list(range(len(prompts)))) if temperature > 0 else None
+        rows, finished = decode(self.model, cache, logits.float(), max_new_tokens, self.stop,
+                                warpers(temperature, top_p=top_p), generators, attention_mask=mask)
+        return [Reply(self.tokenizer.decode(row, skip_special_tokens=True).strip(), done) for row, done in zip(rows, finished)]

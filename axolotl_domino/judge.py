@@ -27,6 +27,16 @@ Judge = Callable[[list[Conversation]], list[str]]
 """A judge maps chat conversations (lists of {role, content} turns) to the model's reply to each."""
 
 
+class LocalJudge:
+    """The judge as a local chat model (greedy), which also knows how many verdicts fit in one batch."""
+
+    def __init__(self, generator: ChatGenerator, max_new_tokens: int):
+        self.generator, self.max_new_tokens = generator, max_new_tokens
+
+    def __call__(self, conversations: list[Conversation]) -> list[str]:
+        return [reply.text for reply in self.generator(conversations, self.max_new_tokens)]
+
+
 INSTRUCTION_PROMPT = """You are reviewing a task written to train an AI assistant.
 
 Rate the task as one of: very poor, poor, average, good, excellent.
@@ -101,24 +111,25 @@ def judge_reasons(rows: list[dict[str, Any]], settings: JudgeFilterConfig, judge
 def _rate(
     judge: Judge, prompts: list[str], levels: tuple[str, ...], keep: list[str], what: str, settings: JudgeFilterConfig
 ) -> list[str | None]:
-    """Per prompt: None (kept), `<what>_rated_<level>` or `judge_unparsable`."""
-    reasons: list[str | None] = []
-    step = requests_per_call(settings.endpoint, settings.batch_size)
+    """Per prompt: None (kept), `<what>_rated_<level>` or `judge_unparsable`.
+
+    Prompts go to the judge shortest first, so each batch pads little."""
+    reasons: list[str | None] = [None] * len(prompts)
+    local = judge.generator if isinstance(judge, LocalJudge) else None
+    step = requests_per_call(settings.endpoint, settings.batch_size, local, settings.max_new_tokens)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     with tqdm(total=len(prompts), desc=f"domino: judging {what}s", unit="sample") as progress:
         for start in range(0, len(prompts), step):
-            batch = prompts[start : start + step]
-            replies = judge([[{"role": "user", "content": prompt}] for prompt in batch])
-            for reply in replies:
+            batch = order[start : start + step]
+            replies = judge([[{"role": "user", "content": prompts[i]}] for i in batch])
+            for i, reply in zip(batch, replies):
                 rating = parse_verdict(reply, levels)
-                if rating is None:
-                    reasons.append(UNPARSABLE)
-                else:
-                    reasons.append(None if rating in keep else f"{what}_rated_{rating}")
+                reasons[i] = UNPARSABLE if rating is None else None if rating in keep else f"{what}_rated_{rating}"
             progress.update(len(batch))
     return reasons
 
 
-def load_judge(settings: JudgeFilterConfig, base_model: str | None) -> Judge:
+def load_judge(settings: JudgeFilterConfig, base_model: str | None, cpu_bf16: bool = False) -> Judge:
     """The server named by `settings.endpoint`, else `settings.model` (else the base model), as a greedy `Judge`."""
     if settings.endpoint is not None:
         LOG.info("domino: the judge is %s at %s", settings.endpoint.model, settings.endpoint.base_url)
@@ -128,5 +139,5 @@ def load_judge(settings: JudgeFilterConfig, base_model: str | None) -> Judge:
     if name is None:
         raise ValueError("domino.filters.judge.model: no judge model; set it, or pass the base model to apply_filters.")
     LOG.info("domino: loading the judge %s", name)
-    generator = ChatGenerator.load(name, "domino.filters.judge.model", settings.trust_remote_code)
-    return lambda conversations: [reply.text for reply in generator(conversations, settings.max_new_tokens)]
+    return LocalJudge(ChatGenerator.load(name, "domino.filters.judge.model", settings.trust_remote_code, cpu_bf16),
+                      settings.max_new_tokens)

@@ -77,6 +77,29 @@ def local_world_size(world_size: int) -> int:
     return guess
 
 
+def node_threads(processes_per_node: int = 1) -> int:
+    """The cores this process may use, shared among `processes_per_node` processes."""
+    return max(1, len(os.sched_getaffinity(0)) // processes_per_node)
+
+
+def use_node_cores() -> None:
+    """Give the outer run's own CPU work (Axolotl's SFT) the node's cores.
+
+    `accelerate launch` sets OMP_NUM_THREADS=1 for a CPU process unless told otherwise, so a single-process
+    CPU run would fine-tune on one core of many. With several processes on the node each keeps its share.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    threads = node_threads(Launch.from_env().local_world_size)
+    if torch.get_num_threads() < threads:
+        LOG.info("domino: no CUDA; this process trains on %d threads, not %d (OMP_NUM_THREADS=%s: `accelerate launch` "
+                 "gives a CPU process 1; the stages' children get the node's cores too)", threads, torch.get_num_threads(),
+                 os.environ.get("OMP_NUM_THREADS"))
+        torch.set_num_threads(threads)
+
+
 def stage_env(processes_per_node: int = 1, **extra: str) -> dict[str, str]:
     """The environment for a stage's child: ours minus every launcher/DeepSpeed/accelerate variable.
 
@@ -88,8 +111,7 @@ def stage_env(processes_per_node: int = 1, **extra: str) -> dict[str, str]:
         for key, value in os.environ.items()
         if key not in LAUNCHER_ENV and not key.startswith(LAUNCHER_ENV_PREFIXES)
     }
-    threads = str(max(1, (os.cpu_count() or 1) // processes_per_node))
-    return {**env, "OMP_NUM_THREADS": threads, **extra}
+    return {**env, "OMP_NUM_THREADS": str(node_threads(processes_per_node)), **extra}
 
 
 def lock_output_dir(layout: Layout) -> None:

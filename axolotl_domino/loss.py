@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, PreTrainedModel
 
+from axolotl_domino.hf import SCALED_HEADS, last_logits
+
 
 @dataclass
 class DominoLossOutput:
@@ -63,7 +65,6 @@ def sequence_logprob(token_logp: Tensor, mask: Tensor, length_normalized: bool) 
 # Vocabulary logits exist for at most this many positions at once, in the forward and the backward pass:
 # at the paper's scale (9 sequences x 1024 tokens x 152k vocabulary) full float32 logits alone are ~5.6 GB.
 LOGIT_CHUNK_TOKENS = 1024
-_SCALED_HEADS = ("final_logit_softcapping", "logit_scale", "logits_scaling")  # heads that are more than a matmul
 
 
 def _chunk_logprob(head: nn.Module, hidden: Tensor, targets: Tensor) -> Tensor:
@@ -82,7 +83,7 @@ def _target_logprobs(model: PreTrainedModel, embeds: Tensor, attention_mask: Ten
     t = targets.shape[1]
     run = {"inputs_embeds": embeds, "attention_mask": attention_mask, "past_key_values": past, "use_cache": past is not None}
     config = model.config.get_text_config()
-    if any(getattr(config, key, None) for key in _SCALED_HEADS):
+    if any(getattr(config, key, None) for key in SCALED_HEADS):
         logits = model(**run, logits_to_keep=t).logits
         return -F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
     hidden = model.get_decoder()(**run).last_hidden_state[:, -t:]
@@ -114,9 +115,9 @@ def _run_prefix(model: PreTrainedModel, embeds: Tensor, past: _Prefix | None = N
         cache = DynamicCache(ddp_cache_data=past.kv, config=model.config)
         past_len = past.length
     mask = torch.ones(n, past_len + p, dtype=torch.long, device=embeds.device)
-    out = model(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    kv = [(keys, values) for keys, values, *_ in out.past_key_values]
-    return _Prefix(kv=kv, last_logits=out.logits[:, -1], length=past_len + p)
+    logits, cache = last_logits(model, inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True)
+    kv = [(keys, values) for keys, values, *_ in cache]
+    return _Prefix(kv=kv, last_logits=logits, length=past_len + p)
 
 
 def _select(prefix: _Prefix, rows: Tensor) -> _Prefix:

@@ -76,8 +76,10 @@ class DominoPlugin(BasePlugin):
             cfg.datasets[0]["path"] = str(indexed)
             LOG.info("domino: inducing the domain from %s", indexed)
         else:
+            from axolotl_domino.launch import use_node_cores
             from axolotl_domino.pipeline import run_pipeline
 
+            use_node_cores()
             run_pipeline(cfg)  # induction -> synthesis; points cfg.datasets at the synthetic file
             if preprocess and not cfg.rl:
                 from axolotl.common.datasets import load_datasets
@@ -142,6 +144,14 @@ class DominoPlugin(BasePlugin):
         adapter = Path(cfg.output_dir)
         if _inducing(cfg) and int(os.environ.get("RANK", "0")) == 0 and (adapter / METADATA_FILE).is_file():
             write_model_card(adapter)
+
+    def get_training_args(self, cfg) -> dict[str, Any] | None:
+        """bf16 on a CPU (`domino.cpu_bf16`): the Trainer refuses bf16 without a bf16 GPU unless told `use_cpu`."""
+        if not cfg.get("domino") or not cfg.get("bf16") or cfg.get("bf16") == "auto":
+            return None
+        from axolotl_domino.cpu import cuda_available
+
+        return None if cuda_available() else {"use_cpu": True}
 
     def get_collator_cls_and_kwargs(self, cfg, is_eval: bool = False):
         if not _inducing(cfg):

@@ -14,8 +14,7 @@ from transformers import PreTrainedModel
 
 from axolotl_domino.args import ResponsesConfig
 from axolotl_domino.endpoint import EndpointChat, requests_per_call
-from axolotl_domino.generate import sample_seed
-from axolotl_domino.hf import Chat, ChatGenerator, Conversation, Reply
+from axolotl_domino.hf import Chat, ChatGenerator, Conversation, Reply, sample_seed
 
 
 class Responder:
@@ -35,7 +34,8 @@ class Responder:
         for a server, else one batch of the local model."""
         if self._batch_size is not None:
             return self._batch_size
-        return requests_per_call(self.settings.endpoint, self.settings.batch_size)
+        local = self.generator if isinstance(self.generator, ChatGenerator) else None
+        return requests_per_call(self.settings.endpoint, self.settings.batch_size, local, self.settings.max_new_tokens)
 
     def messages(self, instruction: str) -> Conversation:
         turns = [{"role": "system", "content": self.settings.system_prompt}] if self.settings.system_prompt else []

@@ -29,8 +29,9 @@ from axolotl_domino.files import (
     append_jsonl, digest, file_sha256, jsonl_bytes, read_jsonl, recover_journal, remove_temporaries, write_atomic,
 )
 from axolotl_domino.filters import apply_filters
-from axolotl_domino.generate import PrefixSampler, sample_seed
-from axolotl_domino.hf import hidden_size, load_model, rank_device
+from axolotl_domino.generate import PrefixSampler
+from axolotl_domino.cpu import precision_reason, use_cpu_bf16
+from axolotl_domino.hf import hidden_size, inference_dtype, load_model, rank_device, sample_seed
 from axolotl_domino.induce import METADATA_FILE
 from axolotl_domino.layout import Layout, SynthesisRun, source_adapter
 from axolotl_domino.publish import DATASET_FILES, check_hub_access, push_folder
@@ -50,14 +51,21 @@ class SynthesisResult:
 
 def run_key(domino: DominoConfig, base_model: str, adapter_sha256: str) -> str:
     """Hash of every input that changes the generated samples (batch size is recorded, not keyed; what only
-    the merge reads, like responses.keep_unfinished, is checked by `_finished`; min_kept is checked after)."""
-    return digest({
+    the merge reads, like responses.keep_unfinished, is checked by `_finished`; min_kept is checked after).
+
+    `cpu_bf16` is keyed as set, not as resolved: "auto" keys alike on every machine (a run resumed elsewhere
+    keeps its shards; the manifest records the dtype), and setting it reruns the stage. Keyed only when set,
+    so keys from before it existed stay valid."""
+    inputs = {
         "synthesis": domino.synthesis.model_dump(exclude={"adapter", "batch_size", "min_kept"}),
         "responses": _responder_key(domino),
         "reference_format": [domino.references.format, domino.references.chat_role],
         "base_model": base_model,
         "adapter_sha256": adapter_sha256,
-    })
+    }
+    if domino.cpu_bf16 != "auto":
+        inputs["cpu_bf16"] = domino.cpu_bf16
+    return digest(inputs)
 
 
 def _responder_key(domino: DominoConfig) -> dict[str, Any]:
@@ -138,7 +146,11 @@ def _synthesize(domino: DominoConfig, base_model: str, rank: int, world_size: in
         # vLLM loads its own copy and takes most of the GPU: HF weights are loaded only once its engine is gone,
         # and only for a local responder (`_respond_shards`).
         hf_sampling = bool(todo_samples) and domino.synthesis.backend == "hf"
-        tokenizer, model = load_model(base_model, rank_device(), trust_remote_code, load_weights=hf_sampling)
+        if rank_device().type == "cpu":
+            LOG.info("domino: local models (sampler, responder, judge) in %s: %s", _local_dtype(domino),
+                     precision_reason(domino.cpu_bf16))
+        tokenizer, model = load_model(base_model, rank_device(), trust_remote_code, load_weights=hf_sampling,
+                                      cpu_bf16=use_cpu_bf16(domino.cpu_bf16))
         if todo_samples:
             domain = load_domain_tokens(source_adapter(domino), hidden_size(base_model, trust_remote_code))
             _generate_shards(domino, base_model, model, tokenizer, domain, shards, todo_samples, run, rank)
@@ -208,17 +220,21 @@ def _respond_shards(domino, base_model, model, tokenizer, shards, todo, run: Syn
         responder = Responder(VllmChat(name, domino.synthesis, trust), settings, domino.synthesis.shard_size)
     else:
         if settings.endpoint is None and (name != base_model or model is None):  # base weights not loaded yet
-            tokenizer, model = load_model(name, rank_device(), trust)
+            tokenizer, model = load_model(name, rank_device(), trust, cpu_bf16=use_cpu_bf16(domino.cpu_bf16))
         responder = Responder.of(settings, model, tokenizer)
-    total = sum(len(shards[s]) for s in todo)
+    total, step = sum(len(shards[s]) for s in todo), responder.batch_size
     with tqdm(total=total, desc=f"domino: answering samples (rank {rank})", unit="sample") as progress:
         for s in todo:
-            samples = [row for row in read_jsonl(run.sample_shard(s)) if _usable(row, domino)]
             journal = run.response_journal(s)
             rows = recover_journal(journal)
-            progress.update(len(shards[s]) - len(samples) + len(rows))
-            for start in range(len(rows), len(samples), responder.batch_size):
-                batch = samples[start : start + responder.batch_size]
+            answered_before = {row["index"] for row in rows}
+            usable = [row for row in read_jsonl(run.sample_shard(s)) if _usable(row, domino)]
+            # Shortest first, so each batch pads little; a journal from any earlier order is honoured by index.
+            samples = sorted((row for row in usable if row["index"] not in answered_before),
+                             key=lambda row: (len(row["text"]), row["index"]))
+            progress.update(len(shards[s]) - len(samples))
+            for start in range(0, len(samples), step):
+                batch = samples[start : start + step]
                 answers = responder.answer([row["text"] for row in batch], sample_seed(domino.synthesis.seed + 1, batch[0]["index"]))
                 answered = [{"index": row["index"], "response": text, "finished": ok} for row, (text, ok) in zip(batch, answers)]
                 append_jsonl(journal, answered)
@@ -228,6 +244,11 @@ def _respond_shards(domino, base_model, model, tokenizer, shards, todo, run: Syn
             journal.unlink(missing_ok=True)
     if hasattr(responder.generator, "close"):  # a vLLM engine: give its GPU memory back
         responder.generator.close()
+
+
+def _local_dtype(domino: DominoConfig) -> str:
+    """The dtype of the Hugging Face models this rank runs (sampler, responder, judge)."""
+    return str(inference_dtype(rank_device(), use_cpu_bf16(domino.cpu_bf16))).removeprefix("torch.")
 
 
 def _usable(row: dict[str, Any], domino: DominoConfig) -> bool:
@@ -256,7 +277,8 @@ def _merge(domino, base_model, adapter_sha, run: SynthesisRun, num_shards: int, 
                 rows.append({"index": row["index"], "instruction": row["text"], "finished": row["finished"],
                              "response": answer and answer["response"], "response_finished": answer and answer["finished"]})
     references = load_references(domino).texts
-    rows, reports = apply_filters(rows, domino.filters, references, base_model=base_model)
+    rows, reports = apply_filters(rows, domino.filters, references, base_model=base_model,
+                                  cpu_bf16=use_cpu_bf16(domino.cpu_bf16))
     counts["removed_by_filters"] = sum(report.removed for report in reports)
     counts["kept"] = len(rows)
     records = [record(domino.dataset.format, row["instruction"], row["response"]) for row in rows]
@@ -283,6 +305,7 @@ def _merge(domino, base_model, adapter_sha, run: SynthesisRun, num_shards: int, 
         "references_sha256": induction.get("references_sha256", "unknown"),
         "num_references": induction.get("num_references", "unknown"),
         "world_size": world_size,
+        "local_model_dtype": _local_dtype(domino),  # recorded, not keyed: same distribution, other rounding
         "seconds_rank0_this_run": round(seconds, 2),
         "hf_dataset": run.hf_dataset.name if domino.dataset.hf_dataset else None,
         "hf_dataset_file": parquet,

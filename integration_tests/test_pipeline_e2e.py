@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -52,12 +53,19 @@ def _manifest(domino_dir: Path) -> dict:
 def test_pipeline_end_to_end_then_skips_then_reruns_on_a_changed_reference(smollm2, tmp_path):
     references = _references(tmp_path)
     config = _config(smollm2, tmp_path, references)
+    config["domino"]["cpu_bf16"] = True  # the bf16 path on every CPU, with or without bf16 units
     config_path = write_yaml(tmp_path / "domino.yaml", config)
     log = _output(run_axolotl("train", str(config_path)))
     domino_dir = tmp_path / "domino"
 
     if not torch.cuda.is_available():  # on a GPU machine the CPU-safe defaults rightly stay out of the way
-        assert "domino: no CUDA, setting bf16: False" in log
+        assert "domino: no CUDA, setting bf16: True" in log and "domino.cpu_bf16: true" in log
+        # The induction ran under Axolotl's bf16 (keyed), the local models sampled and answered in bf16.
+        (induce_yaml,) = (domino_dir / "induction").glob("induce-*.yaml")
+        assert yaml.safe_load(induce_yaml.read_text())["bf16"] is True
+        assert _manifest(domino_dir)["local_model_dtype"] == "bfloat16"
+        if len(os.sched_getaffinity(0)) > 1:  # SFT on the node's cores, not accelerate's one thread
+            assert f"this process trains on {len(os.sched_getaffinity(0))} threads" in log
     assert "domino: inducing the domain" in log
     adapter = domino_dir / "induction" / "adapter"
     assert json.loads((adapter / "adapter_config.json").read_text())["num_virtual_tokens"] == 4

@@ -10,8 +10,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "axolotl_domino"
 
 # Bottom to top. A module may import only from layers below its own.
 LAYERS = [
-    {"errors"},
-    {"args", "files", "cpu", "loss", "sandbox", "shards", "hf", "publish", "tracking", "score.embedder", "score.fidelity",
+    {"errors", "hf"},
+    {"args", "files", "cpu", "loss", "sandbox", "shards", "publish", "tracking", "score.embedder", "score.fidelity",
      "score.report"},
     {"layout", "embedded", "induce", "generate", "endpoint", "estimate", "score.diversity", "score.memorization", "score.plots"},
     {"references", "write", "launch", "respond", "generate_vllm", "judge", "score.scorecard"},

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from axolotl_domino.args import SynthesisConfig
-from axolotl_domino.generate import PrefixSampler, auto_batch_size, sample_seed
+from axolotl_domino.generate import PrefixSampler
+from axolotl_domino.hf import auto_batch_size, sample_seed
 
 
 class _Tokenizer:

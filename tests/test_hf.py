@@ -53,3 +53,21 @@ def test_a_model_without_chat_template_is_refused_naming_the_key(tiny_model_dir)
     tokenizer.chat_template = None
     with pytest.raises(ValueError, match="domino.filters.judge.model: the model's tokenizer has no chat template"):
         ChatGenerator(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, "domino.filters.judge.model")
+
+
+def test_greedy_replies_equal_plain_generate_and_sampling_is_seeded(tiny_model_dir):
+    """`decode` drops rows as they end; what each row generates is still exactly what `generate` gives it."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    generator = ChatGenerator(model, tokenizer, "domino.responses.model")
+    conversations = [[{"role": "user", "content": text}] for text in ("sum", "reverse a string", "the max of a list")]
+    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    reference = model.generate(**batch, max_new_tokens=20, do_sample=False, eos_token_id=sorted(generator.stop),
+                               pad_token_id=pad_token_id(tokenizer))[:, batch["input_ids"].shape[1]:]
+    for reply, row in zip(generator(conversations, max_new_tokens=20), reference.tolist()):
+        end = next((j for j, token in enumerate(row) if token in generator.stop), None)
+        assert reply == Reply(tokenizer.decode(row[:end], skip_special_tokens=True).strip(), end is not None)
+    sampled = generator(conversations, max_new_tokens=20, temperature=1.0, seed=7)
+    assert sampled == generator(conversations, max_new_tokens=20, temperature=1.0, seed=7)
+    assert sampled != generator(conversations, max_new_tokens=20, temperature=1.0, seed=8)

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from axolotl_domino.args import DominoConfig, InductionConfig
 from axolotl_domino.files import read_jsonl
-from axolotl_domino.generate import sample_seed
+from axolotl_domino.hf import sample_seed
 from axolotl_domino.induce import DominoPromptModel
 from axolotl_domino.layout import MANIFEST_FILE
 from axolotl_domino.respond import Responder
