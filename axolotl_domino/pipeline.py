@@ -33,13 +33,13 @@ from axolotl_domino.args import PUSH_FIELDS, DominoConfig, refuse_zero3_inductio
 from axolotl_domino.endpoint import check_endpoint
 from axolotl_domino.estimate import model_config
 from axolotl_domino.files import digest, write_atomic
-from axolotl_domino.launch import Launch, StageError, free_port, lock_output_dir, run_child, stage_env
+from axolotl_domino.launch import Launch, StageError, free_port, lock_output_dir, log_to, run_child, stage_env
 from axolotl_domino.layout import Layout
 from axolotl_domino.publish import ADAPTER_FILES, check_hub_access, push_folder
 from axolotl_domino.references import chat_turn_header, load_references
 from axolotl_domino.score.scorecard import JSON_FILE as SCORECARD_JSON, load_heldout
 from axolotl_domino.shards import Heartbeat, check_shared_dir, launch_id, wait_until
-from axolotl_domino.synthesize import SynthesisResult, current_run, finished
+from axolotl_domino.synthesize import SynthesisResult, current_run, finished, synthesize
 from axolotl_domino.tracking import flat_numbers, report_synthesis
 
 LOG = logging.getLogger("axolotl.integrations.domino.pipeline")
@@ -347,6 +347,15 @@ def check_vllm_launch(domino: DominoConfig, launch: Launch) -> None:
         )
 
 
+def in_process(domino: DominoConfig, launch: Launch) -> bool:
+    """Whether the synthesis stage runs in this process rather than a child: on one CPU process with the HF
+    backend, where a child buys no isolation worth its start-up (imports: 8 s of the quickstart). GPUs keep the
+    child, which gives its memory back to the SFT in full; vLLM and several ranks keep it too."""
+    import torch
+
+    return launch.world_size == 1 and domino.synthesis.backend == "hf" and not torch.cuda.is_available()
+
+
 def synthesis_env(domino: DominoConfig, launch: Launch) -> dict[str, str]:
     """The synthesis child's environment. vLLM starts its engine on the first visible GPU, so with several ranks
     on a node each rank's child sees only its own GPU (and is local rank 0 of it)."""
@@ -373,10 +382,15 @@ def run_synthesis(
     if done is not None:
         LOG.info("domino: synthesis up to date (%s), skipping", done.dataset)
         return done
-    config_path = child.write_config(domino, base_model, trust_remote_code)
     LOG.info("domino: synthesising %d samples from D* (rank %d)", domino.synthesis.num_samples, launch.rank)
-    env = synthesis_env(domino, launch)
-    run_child(child.command(config_path, launch.rank, launch.world_size), Layout.of(domino).synthesis_log(launch.rank), env)
+    log = Layout.of(domino).synthesis_log(launch.rank)
+    if in_process(domino, launch):
+        LOG.info("domino: synthesis runs in this process (one CPU process: a child would only add its start-up)")
+        with log_to(log):
+            synthesize(domino, base_model, launch.rank, launch.world_size, trust_remote_code)
+    else:
+        config_path = child.write_config(domino, base_model, trust_remote_code)
+        run_child(child.command(config_path, launch.rank, launch.world_size), log, synthesis_env(domino, launch))
     result = finished(domino, base_model)
     if result is None:
         raise StageError(f"domino: synthesis finished without a manifest in {Layout.of(domino).synthesis}; see its logs there")

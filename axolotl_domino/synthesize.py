@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from contextlib import closing, nullcontext
+from collections.abc import Iterator
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -153,9 +154,11 @@ def _synthesize(domino: DominoConfig, base_model: str, rank: int, world_size: in
                                       cpu_bf16=use_cpu_bf16(domino.cpu_bf16))
         if todo_samples:
             domain = load_domain_tokens(source_adapter(domino), hidden_size(base_model, trust_remote_code))
-            _generate_shards(domino, base_model, model, tokenizer, domain, shards, todo_samples, run, rank)
+            with _timed(f"domino: sampled {len(todo_samples)} shard(s) from D* (rank {rank})"):
+                _generate_shards(domino, base_model, model, tokenizer, domain, shards, todo_samples, run, rank)
         if todo_responses:
-            _respond_shards(domino, base_model, model, tokenizer, shards, todo_responses, run, rank, trust_remote_code)
+            with _timed(f"domino: answered {len(todo_responses)} shard(s) (rank {rank})"):
+                _respond_shards(domino, base_model, model, tokenizer, shards, todo_responses, run, rank, trust_remote_code)
         del model
 
     layout = Layout.of(domino)
@@ -246,6 +249,14 @@ def _respond_shards(domino, base_model, model, tokenizer, shards, todo, run: Syn
         responder.generator.close()
 
 
+@contextmanager
+def _timed(what: str) -> Iterator[None]:
+    """Log how long a phase of the stage took (the per-phase times of bench/quickstart_e2e.py)."""
+    started = time.perf_counter()
+    yield
+    LOG.info("%s in %.1f s", what, time.perf_counter() - started)
+
+
 def _local_dtype(domino: DominoConfig) -> str:
     """The dtype of the Hugging Face models this rank runs (sampler, responder, judge)."""
     return str(inference_dtype(rank_device(), use_cpu_bf16(domino.cpu_bf16))).removeprefix("torch.")
@@ -277,8 +288,9 @@ def _merge(domino, base_model, adapter_sha, run: SynthesisRun, num_shards: int, 
                 rows.append({"index": row["index"], "instruction": row["text"], "finished": row["finished"],
                              "response": answer and answer["response"], "response_finished": answer and answer["finished"]})
     references = load_references(domino).texts
-    rows, reports = apply_filters(rows, domino.filters, references, base_model=base_model,
-                                  cpu_bf16=use_cpu_bf16(domino.cpu_bf16))
+    with _timed("domino: filters"):
+        rows, reports = apply_filters(rows, domino.filters, references, base_model=base_model,
+                                      cpu_bf16=use_cpu_bf16(domino.cpu_bf16))
     counts["removed_by_filters"] = sum(report.removed for report in reports)
     counts["kept"] = len(rows)
     records = [record(domino.dataset.format, row["instruction"], row["response"]) for row in rows]

@@ -66,6 +66,9 @@ def test_pipeline_end_to_end_then_skips_then_reruns_on_a_changed_reference(smoll
         assert _manifest(domino_dir)["local_model_dtype"] == "bfloat16"
         if len(os.sched_getaffinity(0)) > 1:  # SFT on the node's cores, not accelerate's one thread
             assert f"this process trains on {len(os.sched_getaffinity(0))} threads" in log
+        # One CPU process: synthesis ran in it, its log still in the stage's log file.
+        assert "domino: synthesis runs in this process" in log
+        assert "domino: wrote" in (domino_dir / "synthesis" / "synthesize-rank0.log").read_text()
     assert "domino: inducing the domain" in log
     adapter = domino_dir / "induction" / "adapter"
     assert json.loads((adapter / "adapter_config.json").read_text())["num_virtual_tokens"] == 4

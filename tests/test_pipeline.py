@@ -26,6 +26,7 @@ from axolotl_domino.pipeline import (
     inherited_settings,
     induction_key,
     preflight,
+    in_process,
     synthesis_env,
     use_synthetic_dataset,
 )
@@ -48,7 +49,7 @@ def test_stage_env_drops_the_outer_launch(monkeypatch):
         monkeypatch.setenv(key, "1")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what accelerate launch sets in the outer run
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))  # the cores this process may use
     env = stage_env(2, LOCAL_RANK="1")
     assert env["LOCAL_RANK"] == "1" and env["CUDA_VISIBLE_DEVICES"] == "0,1"
     assert env["OMP_NUM_THREADS"] == "4"  # the node's cores shared by the stage's 2 processes
@@ -224,6 +225,20 @@ def test_the_induction_reports_to_the_users_trackers_as_its_own_run_without_chan
     assert induction_key(domino, config) == induction_key(domino, induction_config(domino, "model", {"bf16": False}))
     off = _domino(tmp_path, axolotl={"use_wandb": False})  # the user's override wins
     assert induction_config(off, "model", settings)["use_wandb"] is False
+
+
+def test_synthesis_runs_in_process_only_for_one_cpu_process_on_the_hf_backend(tmp_path, monkeypatch):
+    import torch
+
+    domino = _domino(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert in_process(domino, Launch(0, 0, 1, 1))
+    assert not in_process(domino, Launch(0, 0, 2, 2))  # ranks: each rank's child, rank 0 merges
+    domino.synthesis.backend = "vllm"
+    assert not in_process(domino, Launch(0, 0, 1, 1))
+    domino.synthesis.backend = "hf"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert not in_process(domino, Launch(0, 0, 1, 1))  # a GPU: the child gives all its memory back to the SFT
 
 
 def test_each_ranks_vllm_engine_gets_its_own_gpu_and_tensor_parallel_over_ranks_is_refused(tmp_path, monkeypatch):
