@@ -25,6 +25,7 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,12 +248,13 @@ def _convert(model: EmbeddedModel, gguf: Path, dest: Path) -> None:
     import torch  # heavy imports only when actually converting
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-    hf_model = _plain_model(
-        AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True, **_dequantized_gguf()
+    with _gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+        hf_model = _plain_model(
+            AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True, **_dequantized_gguf()
+            )
         )
-    )
 
     vocab = tokenizer.get_vocab()
     token_ids = {}
@@ -286,6 +288,31 @@ def _convert(model: EmbeddedModel, gguf: Path, dest: Path) -> None:
         problems.append("weights are not (only) safetensors")
     if problems:
         raise RuntimeError(f"Converted {gguf.name} is unusable: {'; '.join(problems)}")
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """One parse of the GGUF for the whole conversion.
+
+    transformers builds a `gguf.GGUFReader` for the tokenizer, its config, the model's config and the weights:
+    four parses of the header, each about 5 s here (SmolLM2's 49k-token vocabulary is 590k fields). A reader
+    is a read-only memory map, so the first one serves them all; the name is restored afterwards.
+    """
+    import gguf
+
+    original, readers = gguf.GGUFReader, {}
+
+    def reader(path: Any, mode: str = "r") -> Any:
+        key = (str(path), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
 
 
 def _dequantized_gguf() -> dict[str, Any]:
