@@ -35,7 +35,11 @@ def cpu_bf16_units() -> list[str]:
 
 
 def use_cpu_bf16(setting: bool | str, units: list[str] | None = None) -> bool:
-    """`domino.cpu_bf16`: "auto" means bf16 exactly when the CPU has bf16 units; true and false force it."""
+    """`domino.cpu_bf16`: "auto" means bf16 exactly when the CPU has bf16 units; true and false force it.
+
+    Also read from the raw YAML, before validation: a quoted "false" means false there too."""
+    if isinstance(setting, str) and setting.lower() in ("true", "false"):
+        setting = setting.lower() == "true"
     if setting == "auto":
         return bool(cpu_bf16_units() if units is None else units)
     return bool(setting)

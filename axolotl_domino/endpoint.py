@@ -52,14 +52,17 @@ def check_endpoint(settings: EndpointConfig, key: str) -> None:
 
 
 def requests_per_call(endpoint: EndpointConfig | None, batch_size: int | None, local: ChatGenerator | None,
-                      max_new_tokens: int) -> int:
+                      max_new_tokens: int, conversations: list[Conversation]) -> int:
     """Conversations handed over per call: `concurrency` for a server (all in flight at once), else the local
-    model's batch: `batch_size` as set, else what fits in memory (`local`), else 8 (a judge given as a function)."""
+    model's batch: `batch_size` as set, else what fits in memory for the longest of `conversations` (`local`),
+    else 8 (a judge given as a function)."""
     if endpoint is not None:
         return endpoint.concurrency
     if batch_size is not None:
         return batch_size
-    return local.auto_batch_size(max_new_tokens) if local is not None else 8
+    if local is None or not conversations:
+        return 8
+    return local.auto_batch_size(max_new_tokens, local.prompt_tokens(conversations))
 
 
 class EndpointChat:

@@ -95,7 +95,8 @@ def pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 
 # Config keys of output heads that are more than a matmul of the hidden state: their logits need the model's forward.
-SCALED_HEADS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+SCALED_HEADS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier", "output_multiplier",
+                "dim_model_base")
 
 
 def last_logits(model: PreTrainedModel, **inputs: Any) -> tuple[Tensor, Any]:
@@ -117,14 +118,21 @@ def last_logits(model: PreTrainedModel, **inputs: Any) -> tuple[Tensor, Any]:
 AUTO_BATCH_LIMIT = 128
 
 
-def auto_batch_size(model: PreTrainedModel, prefix_len: int, max_new_tokens: int, limit: int = AUTO_BATCH_LIMIT) -> int:
-    """Sequences per batch that fit in half the free memory (key/value cache + logits per sequence)."""
+def auto_batch_size(model: PreTrainedModel, prefix_len: int, max_new_tokens: int, limit: int = AUTO_BATCH_LIMIT,
+                    prefill: bool = False) -> int:
+    """Sequences per batch that fit in half the free memory (key/value cache + logits per sequence).
+
+    `prefill`: each sequence's `prefix_len` prompt tokens run in the batch (chat prompts, not a shared prefix
+    run once), so one layer's attention scores (float32 in eager attention) and MLP activations count too."""
     config = model.config.get_text_config()
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     itemsize = next(model.parameters()).element_size()
     kv_bytes = 2 * config.num_hidden_layers * heads * head_dim * (prefix_len + max_new_tokens) * itemsize
     per_sequence = 2 * kv_bytes + 4 * config.vocab_size * 4  # cat() copies during growth; float32 logits
+    if prefill:
+        intermediate = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
+        per_sequence += config.num_attention_heads * prefix_len**2 * 4 + 3 * prefix_len * intermediate * itemsize
     device = next(model.parameters()).device
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
@@ -245,9 +253,13 @@ class ChatGenerator:
         tokenizer, model = load_model(name, rank_device(), trust_remote_code, cpu_bf16=cpu_bf16)
         return cls(model, tokenizer, key)
 
-    def auto_batch_size(self, max_new_tokens: int, prompt_tokens: int = 512) -> int:
+    def auto_batch_size(self, max_new_tokens: int, prompt_tokens: int) -> int:
         """Conversations per batch that fit in half the free memory, for prompts of up to `prompt_tokens`."""
-        return auto_batch_size(self.model, prompt_tokens, max_new_tokens)
+        return auto_batch_size(self.model, prompt_tokens, max_new_tokens, prefill=True)
+
+    def prompt_tokens(self, conversations: list[Conversation]) -> int:
+        """The longest of these conversations in tokens, with the chat template's turns."""
+        return max(len(self.tokenizer.apply_chat_template(turns, add_generation_prompt=True)) for turns in conversations)
 
     @torch.no_grad()
     def __call__(

@@ -116,12 +116,14 @@ def _rate(
     Prompts go to the judge shortest first, so each batch pads little."""
     reasons: list[str | None] = [None] * len(prompts)
     local = judge.generator if isinstance(judge, LocalJudge) else None
-    step = requests_per_call(settings.endpoint, settings.batch_size, local, settings.max_new_tokens)
+    conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
+    step = requests_per_call(settings.endpoint, settings.batch_size, local, settings.max_new_tokens,
+                             conversations if local is not None else [])
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     with tqdm(total=len(prompts), desc=f"domino: judging {what}s", unit="sample") as progress:
         for start in range(0, len(prompts), step):
             batch = order[start : start + step]
-            replies = judge([[{"role": "user", "content": prompts[i]}] for i in batch])
+            replies = judge([conversations[i] for i in batch])
             for i, reply in zip(batch, replies):
                 rating = parse_verdict(reply, levels)
                 reasons[i] = UNPARSABLE if rating is None else None if rating in keep else f"{what}_rated_{rating}"

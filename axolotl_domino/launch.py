@@ -81,7 +81,8 @@ def local_world_size(world_size: int) -> int:
 
 def node_threads(processes_per_node: int = 1) -> int:
     """The cores this process may use, shared among `processes_per_node` processes."""
-    return max(1, len(os.sched_getaffinity(0)) // processes_per_node)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # not on macOS
+    return max(1, cores // processes_per_node)
 
 
 def use_node_cores() -> None:

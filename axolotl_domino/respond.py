@@ -28,14 +28,16 @@ class Responder:
             return cls(EndpointChat(settings.endpoint, "domino.responses.endpoint"), settings)
         return cls(ChatGenerator(model, tokenizer, "domino.responses.model"), settings)
 
-    @property
-    def batch_size(self) -> int:
+    def batch_size(self, instructions: list[str]) -> int:
         """Instructions per call: as given (a vLLM engine takes a whole shard), `concurrency` requests in flight
-        for a server, else one batch of the local model."""
+        for a server, else one batch of the local model (`responses.batch_size`, or what fits in memory for the
+        longest of `instructions`)."""
         if self._batch_size is not None:
             return self._batch_size
         local = self.generator if isinstance(self.generator, ChatGenerator) else None
-        return requests_per_call(self.settings.endpoint, self.settings.batch_size, local, self.settings.max_new_tokens)
+        conversations = [self.messages(i) for i in instructions] if local is not None else []
+        return requests_per_call(self.settings.endpoint, self.settings.batch_size, local, self.settings.max_new_tokens,
+                                 conversations)
 
     def messages(self, instruction: str) -> Conversation:
         turns = [{"role": "system", "content": self.settings.system_prompt}] if self.settings.system_prompt else []

@@ -225,7 +225,7 @@ def _respond_shards(domino, base_model, model, tokenizer, shards, todo, run: Syn
         if settings.endpoint is None and (name != base_model or model is None):  # base weights not loaded yet
             tokenizer, model = load_model(name, rank_device(), trust, cpu_bf16=use_cpu_bf16(domino.cpu_bf16))
         responder = Responder.of(settings, model, tokenizer)
-    total, step = sum(len(shards[s]) for s in todo), responder.batch_size
+    total = sum(len(shards[s]) for s in todo)
     with tqdm(total=total, desc=f"domino: answering samples (rank {rank})", unit="sample") as progress:
         for s in todo:
             journal = run.response_journal(s)
@@ -236,6 +236,7 @@ def _respond_shards(domino, base_model, model, tokenizer, shards, todo, run: Syn
             samples = sorted((row for row in usable if row["index"] not in answered_before),
                              key=lambda row: (len(row["text"]), row["index"]))
             progress.update(len(shards[s]) - len(samples))
+            step = responder.batch_size([row["text"] for row in samples]) if samples else 1
             for start in range(0, len(samples), step):
                 batch = samples[start : start + step]
                 answers = responder.answer([row["text"] for row in batch], sample_seed(domino.synthesis.seed + 1, batch[0]["index"]))
@@ -243,7 +244,8 @@ def _respond_shards(domino, base_model, model, tokenizer, shards, todo, run: Syn
                 append_jsonl(journal, answered)
                 rows += answered
                 progress.update(len(batch))
-            write_atomic(run.response_shard(s), jsonl_bytes(rows))
+            # Index order, whatever order they were asked in: a resumed shard lists its rows as an uninterrupted one.
+            write_atomic(run.response_shard(s), jsonl_bytes(sorted(rows, key=lambda row: row["index"])))
             journal.unlink(missing_ok=True)
     if hasattr(responder.generator, "close"):  # a vLLM engine: give its GPU memory back
         responder.generator.close()
@@ -317,7 +319,8 @@ def _merge(domino, base_model, adapter_sha, run: SynthesisRun, num_shards: int, 
         "references_sha256": induction.get("references_sha256", "unknown"),
         "num_references": induction.get("num_references", "unknown"),
         "world_size": world_size,
-        "local_model_dtype": _local_dtype(domino),  # recorded, not keyed: same distribution, other rounding
+        # Rank 0's local models as resolved at the merge (not keyed: the same distribution, other rounding).
+        "local_model_dtype": _local_dtype(domino),
         "seconds_rank0_this_run": round(seconds, 2),
         "hf_dataset": run.hf_dataset.name if domino.dataset.hf_dataset else None,
         "hf_dataset_file": parquet,

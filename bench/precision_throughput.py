@@ -1,6 +1,7 @@
 """Throughput of the plugin's CPU work in float32 and bf16, against batch size and the machine's peak.
 
-What is measured, on the embedded SmolLM2, in one process (`--threads`, default all cores):
+What is measured, on the embedded SmolLM2 loaded as the plugin loads it (`hf.load_model`: bf16 with
+eager attention, float32 with sdpa), in one process (`--threads`, default all cores):
 - **sampler**: `generate.PrefixSampler` drawing `--num-samples` samples from D* (the quickstart's, when
   `--adapter` has one; else noise at the embeddings' scale) at each `--batch-sizes`, the quickstart's sampling
   settings (temperature 0.8, `--sample-tokens` new tokens at most);
@@ -31,11 +32,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from axolotl_domino.args import SynthesisConfig
 from axolotl_domino.cpu import cpu_bf16_units
-from axolotl_domino.hf import ChatGenerator, pad_right
+from axolotl_domino.hf import ChatGenerator, load_model, pad_right
 from axolotl_domino.generate import PrefixSampler
 from axolotl_domino.induce import embedding_scale
 from axolotl_domino.loss import domino_loss
@@ -102,7 +103,8 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     last: dict[tuple[str, str], float] = {}
     for name, dtype in DTYPES.items():
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).eval().requires_grad_(False)
+        _, model = load_model(args.model, torch.device("cpu"), cpu_bf16=dtype == torch.bfloat16)
+        model.requires_grad_(False)
         flops_per_token = 2 * (sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
                                + model.get_output_embeddings().weight.numel())  # the tied lm_head still multiplies
         if adapter.is_file():

@@ -76,7 +76,7 @@ def test_bf16_keeps_the_induced_domains_loss_and_greedy_samples(smollm2, induced
     """
     from axolotl_domino.args import SynthesisConfig
     from axolotl_domino.generate import PrefixSampler
-    from axolotl_domino.hf import ChatGenerator
+    from axolotl_domino.hf import ChatGenerator, load_model
 
     out, references, _ = induced
     refs = read_references(references)
@@ -88,8 +88,8 @@ def test_bf16_keeps_the_induced_domains_loss_and_greedy_samples(smollm2, induced
     greedy = SynthesisConfig(num_samples=1, batch_size=1, max_new_tokens=32, temperature=0)
     chats = [[{"role": "user", "content": text}] for text in refs.texts[:4]]
     runs = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=dtype).eval()
+    for dtype in (torch.float32, torch.bfloat16):  # loaded as the plugin loads them: bf16 with eager attention
+        _, model = load_model(str(smollm2), torch.device("cpu"), cpu_bf16=dtype == torch.bfloat16)
         with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
             loss = domino_loss(model, domain, sample, ids, mask)
         text = PrefixSampler(model, tokenizer, domain, greedy, []).sample([0])[0].token_ids

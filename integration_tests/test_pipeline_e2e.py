@@ -18,7 +18,7 @@ def _config(smollm2: Path, tmp_path: Path, references: Path, **domino_overrides)
     domino = config["domino"]
     domino["output_dir"] = str(tmp_path / "domino")
     domino["references"]["path"] = str(references)
-    domino["induction"].update(num_domain_tokens=4, num_sample_tokens=4, num_epochs=2)
+    domino["induction"].update(num_domain_tokens=4, num_sample_tokens=4, num_epochs=2, micro_batch_size=4)
     # A 2-epoch D* rarely stops within 48 tokens: keep cut samples so the test does not hinge on it.
     domino["synthesis"].update(num_samples=8, max_new_tokens=48, batch_size=8, keep_unfinished=True)
     domino["responses"].update(max_new_tokens=256, batch_size=8, keep_unfinished=True)  # likewise for answers

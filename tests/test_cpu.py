@@ -59,6 +59,10 @@ def test_bf16_on_cpu_takes_eager_attention_unless_attention_or_packing_is_set():
     assert "attn_implementation" not in float32  # float32: sdpa and eager take the same time
 
 
+def test_quoted_booleans_in_the_raw_yaml_mean_what_they_say():
+    assert use_cpu_bf16("false", ["avx512_bf16"]) is False and use_cpu_bf16("True", []) is True
+
+
 def test_detection_reads_torchs_cpu_capabilities(monkeypatch):
     reported = {"avx512_f": True, "avx512_bf16": False, "amx_bf16": False}
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: reported)
