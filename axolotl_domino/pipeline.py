@@ -1,14 +1,15 @@
 """The one-YAML pipeline: preflight -> induction -> synthesis -> Axolotl's own SFT on the synthetic dataset.
 
 Called from the plugin's `load_datasets` hook on every rank. Each stage runs in a child process
-(`launch.py`). Ranks wait for each other's outputs by polling files, never in a collective, so a
+(`launch.py`), except synthesis on one CPU process (`in_process`). Ranks wait for each other's outputs by polling files, never in a collective, so a
 long stage cannot trip `ddp_timeout`. A stage whose output is up to date (keyed by the hash of its
 inputs) is skipped.
 
 - induction: global rank 0 runs `axolotl train` on a derived `adapter: domino_prompt` YAML,
   data-parallel over this node's ranks (torchrun) when there are several; it resumes from its
   last complete checkpoint after a crash;
-- synthesis: every rank runs its share of shards (`synthesize.py`, through `child.py`), rank 0 merges;
+- synthesis: every rank runs its share of shards (`synthesize.py`, through `child.py`, or in this process
+  when it is the only one, on a CPU), rank 0 merges;
 - SFT: `cfg.datasets` is pointed at the content-addressed synthetic file and Axolotl trains
   with the YAML's adapter, DeepSpeed and so on.
 """
