@@ -102,6 +102,7 @@ def apply_cpu_defaults(cfg: MutableMapping[str, Any], units: list[str] | None = 
 
     if _unset_or_auto(cfg.get("bf16")):
         setting = (cfg.get("domino") or {}).get("cpu_bf16", "auto")
+        units = cpu_bf16_units() if units is None else units  # detected once, for the choice and its log line
         if use_cpu_bf16(setting, units):
             set_value("bf16", True, f"bf16 autocast, float32 trainable weights and optimizer state: "
                                     f"{precision_reason(setting, units)}")

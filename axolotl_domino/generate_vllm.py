@@ -19,8 +19,7 @@ from tqdm.auto import tqdm
 
 from axolotl_domino.args import SynthesisConfig
 from axolotl_domino.generate import Sample
-from axolotl_domino.hf import sample_seed
-from axolotl_domino.hf import Conversation, Reply
+from axolotl_domino.hf import Conversation, Reply, sample_seed
 
 
 class VllmSampler:

@@ -99,6 +99,11 @@ SCALED_HEADS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_
                 "dim_model_base")
 
 
+def scaled_head(model: PreTrainedModel) -> bool:
+    """Whether the model's output head scales or caps its logits (SCALED_HEADS), so only its forward gives them."""
+    return any(getattr(model.config.get_text_config(), key, None) for key in SCALED_HEADS)
+
+
 def last_logits(model: PreTrainedModel, **inputs: Any) -> tuple[Tensor, Any]:
     """One forward: the next-token logits at each row's last position [N, V], and the key/value cache.
 
@@ -107,7 +112,7 @@ def last_logits(model: PreTrainedModel, **inputs: Any) -> tuple[Tensor, Any]:
     the whole output embedding: 1.9 s of a 8.5 s induction step in bf16 (bench/README.md), and N x its size
     in memory for a batch of prompts.
     """
-    if any(getattr(model.config.get_text_config(), key, None) for key in SCALED_HEADS):
+    if scaled_head(model):
         out = model(**inputs, logits_to_keep=1)
         return out.logits[:, -1], out.past_key_values
     out = model.get_decoder()(**inputs)

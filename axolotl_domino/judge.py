@@ -117,8 +117,7 @@ def _rate(
     reasons: list[str | None] = [None] * len(prompts)
     local = judge.generator if isinstance(judge, LocalJudge) else None
     conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
-    step = requests_per_call(settings.endpoint, settings.batch_size, local, settings.max_new_tokens,
-                             conversations if local is not None else [])
+    step = requests_per_call(settings.endpoint, settings.batch_size, local, settings.max_new_tokens, conversations)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     with tqdm(total=len(prompts), desc=f"domino: judging {what}s", unit="sample") as progress:
         for start in range(0, len(prompts), step):

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, PreTrainedModel
 
-from axolotl_domino.hf import SCALED_HEADS, last_logits
+from axolotl_domino.hf import last_logits, scaled_head
 
 
 @dataclass
@@ -82,8 +82,7 @@ def _target_logprobs(model: PreTrainedModel, embeds: Tensor, attention_mask: Ten
     """
     t = targets.shape[1]
     run = {"inputs_embeds": embeds, "attention_mask": attention_mask, "past_key_values": past, "use_cache": past is not None}
-    config = model.config.get_text_config()
-    if any(getattr(config, key, None) for key in SCALED_HEADS):
+    if scaled_head(model):
         logits = model(**run, logits_to_keep=t).logits
         return -F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
     hidden = model.get_decoder()(**run).last_hidden_state[:, -t:]

@@ -35,9 +35,8 @@ class Responder:
         if self._batch_size is not None:
             return self._batch_size
         local = self.generator if isinstance(self.generator, ChatGenerator) else None
-        conversations = [self.messages(i) for i in instructions] if local is not None else []
         return requests_per_call(self.settings.endpoint, self.settings.batch_size, local, self.settings.max_new_tokens,
-                                 conversations)
+                                 [self.messages(i) for i in instructions])
 
     def messages(self, instruction: str) -> Conversation:
         turns = [{"role": "system", "content": self.settings.system_prompt}] if self.settings.system_prompt else []

@@ -236,7 +236,7 @@ def _respond_shards(domino, base_model, model, tokenizer, shards, todo, run: Syn
             samples = sorted((row for row in usable if row["index"] not in answered_before),
                              key=lambda row: (len(row["text"]), row["index"]))
             progress.update(len(shards[s]) - len(samples))
-            step = responder.batch_size([row["text"] for row in samples]) if samples else 1
+            step = responder.batch_size([row["text"] for row in samples])
             for start in range(0, len(samples), step):
                 batch = samples[start : start + step]
                 answers = responder.answer([row["text"] for row in batch], sample_seed(domino.synthesis.seed + 1, batch[0]["index"]))
