@@ -79,8 +79,8 @@ class InductionProbe:
             "num_samples": settings.eval_samples, "seed": settings.seed,
             "batch_size": min(settings.eval_samples, domino.synthesis.batch_size or settings.eval_samples),
         })
-        self.embedder = embedder or load_embedder(domino.score.embedding_model)
-        self.reference_embeddings = self.embedder.encode(references)
+        self._embedder = embedder
+        self._reference_embeddings: np.ndarray | None = None
 
     def _tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         refs = self.domino.references
@@ -110,26 +110,27 @@ class InductionProbe:
             "retrieval_references": n,
         }
 
-    def memorisation(self, domain: Tensor) -> tuple[dict[str, float], list[str]]:
+    def draw(self, domain: Tensor) -> tuple[dict[str, float], list[str]]:
+        """The probe's samples from D, with the metrics that need no embedder."""
         refs = self.domino.references
         sampler = PrefixSampler(self.model, self.tokenizer, domain.detach(), self.sampling, self.sampling.stop)
         samples = list(sampler.sample_many(list(range(self.sampling.num_samples))))
         texts = [sample_text(s.token_ids, self.tokenizer, refs.format, refs.chat_role) for s in samples]
-        cosines, _ = nearest_cosines(self.embedder.encode(texts), self.reference_embeddings)
-        metrics = {
-            "near_copy_share": float((cosines > self.domino.score.memorization_threshold).mean()),
-            "nearest_reference_similarity": float(cosines.mean()),
-            "distinct_2": distinct_n(texts, 2) or 0.0,
-            "finished_share": float(np.mean([s.finished for s in samples])),
-        }
-        return metrics, texts
+        return {"distinct_2": distinct_n(texts, 2) or 0.0, "finished_share": float(np.mean([s.finished for s in samples]))}, texts
 
-    def __call__(self, domain: Tensor, sample_tokens: torch.nn.Module | None) -> tuple[dict[str, float], list[str]]:
-        """The metrics of this D (and S), and the probe's samples."""
+    def copy_metrics(self, texts: list[str]) -> dict[str, float]:
+        """Near copies among the probe's samples; the embedder loads on first use (it is CPU work)."""
+        if self._reference_embeddings is None:
+            self._embedder = self._embedder or load_embedder(self.domino.score.embedding_model)
+            self._reference_embeddings = self._embedder.encode(self.references)
+        return copy_metrics(self._embedder.encode(texts), self._reference_embeddings, self.domino.score.memorization_threshold)
+
+    def measure(self, domain: Tensor, sample_tokens: torch.nn.Module | None) -> tuple[dict[str, float], list[str]]:
+        """Everything but the near-copy metrics: the part that runs on the model's device."""
         was_training = self.model.training
         try:
             domain = domain.detach()
-            metrics, texts = self.memorisation(domain)
+            metrics, texts = self.draw(domain)
             metrics["reference_nll"] = self._mean_nll(domain, self.subset_ids)
             if self.heldout_ids is not None:
                 metrics["heldout_nll"] = self._mean_nll(domain, self.heldout_ids)
@@ -138,6 +139,17 @@ class InductionProbe:
         finally:
             self.model.train(was_training)
         return metrics, texts
+
+    def __call__(self, domain: Tensor, sample_tokens: torch.nn.Module | None) -> tuple[dict[str, float], list[str]]:
+        """The metrics of this D (and S), and the probe's samples."""
+        metrics, texts = self.measure(domain, sample_tokens)
+        return self.copy_metrics(texts) | metrics, texts
+
+
+def copy_metrics(sample_embeddings: np.ndarray, reference_embeddings: np.ndarray, threshold: float) -> dict[str, float]:
+    """The scorecard's near-copy definition: a sample whose nearest reference has cosine above `threshold`."""
+    cosines, _ = nearest_cosines(sample_embeddings, reference_embeddings)
+    return {"near_copy_share": float((cosines > threshold).mean()), "nearest_reference_similarity": float(cosines.mean())}
 
 
 def best_eval(history: list[dict[str, Any]], max_near_copy_share: float) -> dict[str, Any] | None:

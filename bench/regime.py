@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality.mbpp import REPO, TRAIN_REFERENCES, mbpp_test_problems  # noqa: E402
 
 from axolotl_domino.args import DominoConfig, NoveltyFilterConfig  # noqa: E402
-from axolotl_domino.diagnostics import InductionProbe  # noqa: E402
+from axolotl_domino.diagnostics import InductionProbe, copy_metrics  # noqa: E402
 from axolotl_domino.files import read_jsonl, write_atomic  # noqa: E402
 from axolotl_domino.filters import novelty_reasons  # noqa: E402
 from axolotl_domino.generate import PrefixSampler  # noqa: E402
@@ -62,7 +62,6 @@ from axolotl_domino.references import reference_token_ids, sample_text  # noqa: 
 from axolotl_domino.score.diversity import distinct_n, vendi_score  # noqa: E402
 from axolotl_domino.score.embedder import load_embedder  # noqa: E402
 from axolotl_domino.score.fidelity import classifier_two_sample_auc, mmd_rbf  # noqa: E402
-from axolotl_domino.score.memorization import nearest_cosines  # noqa: E402
 from axolotl_domino.score.plots import curves_png  # noqa: E402
 
 SAMPLING = {"temperature": 1.0, "top_p": 0.95, "max_new_tokens": 64, "keep_unfinished": True, "batch_size": 64}
@@ -91,7 +90,8 @@ def domino_config(args: argparse.Namespace, references: Path, condition: str, se
 
 
 def train_and_probe(args, model, tokenizer, domino: DominoConfig, refs: list[str], heldout: list[str], embedder) -> dict:
-    settings = domino.induction
+    """Train D (and S) for `--steps` steps, probing every `--eval-every`; without an embedder the probe keeps its texts."""
+    settings, device = domino.induction, model.device
     torch.manual_seed(settings.seed)
     prompt = DominoPromptModel(model, tokenizer, settings, len(refs), {"base_model": args.model})
     params = [p for p in prompt.parameters() if p.requires_grad]
@@ -110,39 +110,48 @@ def train_and_probe(args, model, tokenizer, domino: DominoConfig, refs: list[str
             drawn = sample_negatives(batch, len(refs), settings.num_negatives, negative_rng)
             rows += [ids[j] for row in drawn for j in row]
             k = settings.num_negatives
-            negatives = torch.arange(MICRO_BATCH, MICRO_BATCH + MICRO_BATCH * k).view(MICRO_BATCH, k)
+            negatives = torch.arange(MICRO_BATCH, MICRO_BATCH + MICRO_BATCH * k, device=device).view(MICRO_BATCH, k)
         x, mask = pad_right(rows, pad_token_id(tokenizer))
-        out = prompt(input_ids=x, attention_mask=mask, ref_index=torch.tensor(batch), negatives=negatives)
+        out = prompt(input_ids=x.to(device), attention_mask=mask.to(device), ref_index=torch.tensor(batch, device=device),
+                     negatives=negatives)
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
         if step % args.eval_every == 0 or step == args.steps:
-            metrics, texts = probe(prompt.domain_tokens, prompt.domino_sample)
+            metrics, texts = probe.measure(prompt.domain_tokens, prompt.domino_sample)
+            entry = {"step": step, "examples": texts[:2]}
+            if embedder is None:
+                entry["texts"] = texts  # scored later, where the embedder is (--score-deferred)
+            else:
+                metrics = probe.copy_metrics(texts) | metrics
             metrics.update(step_l1=out.l1.item(), step_l2=None if out.l2 is None else out.l2.item())
-            history.append({"step": step, "metrics": metrics, "examples": texts[:2]})
-            print(f"  step {step}: near_copy {metrics['near_copy_share']:.3f} nearest {metrics['nearest_reference_similarity']:.3f} "
-                  f"ref_nll {metrics['reference_nll']:.3f} heldout_nll {metrics.get('heldout_nll', float('nan')):.3f} "
+            history.append(entry | {"metrics": metrics})
+            print(f"  step {step}: near_copy {metrics.get('near_copy_share', float('nan')):.3f} "
+                  f"nearest {metrics.get('nearest_reference_similarity', float('nan')):.3f} ref_nll {metrics['reference_nll']:.3f} heldout_nll {metrics.get('heldout_nll', float('nan')):.3f} "
                   f"top1 {metrics.get('retrieval_top1', float('nan')):.2f} ({time.perf_counter() - started:.0f} s)", flush=True)
     return {"history": history, "domain": prompt.domain_tokens.detach().clone(), "train_seconds": time.perf_counter() - started}
 
 
-def final_metrics(model, tokenizer, domino: DominoConfig, domain, refs, ref_emb, test_texts, test_emb, embedder,
-                  heldout_nll: float) -> tuple[dict[str, float], list[str]]:
+def draw_final(model, tokenizer, domino: DominoConfig, domain) -> tuple[list[str], list[bool]]:
+    """`num_samples` samples from the final D with the synthesis sampler (the part that needs the model)."""
     sampler = PrefixSampler(model, tokenizer, domain, domino.synthesis, [])
     samples = list(sampler.sample_many(list(range(domino.synthesis.num_samples))))
-    texts = [sample_text(s.token_ids, tokenizer, "text", "user") for s in samples]
+    return [sample_text(s.token_ids, tokenizer, "text", "user") for s in samples], [s.finished for s in samples]
+
+
+def score_final(texts: list[str], finished: list[bool], domino: DominoConfig, refs, ref_emb, test_emb, embedder,
+                heldout_nll: float) -> dict[str, float]:
+    """The final metrics of one run's samples (the part that needs the embedder)."""
     emb = embedder.encode(texts)
-    cosines, _ = nearest_cosines(emb, ref_emb)
     novelty = novelty_reasons([{"instruction": t} for t in texts], NoveltyFilterConfig(enabled=True), refs)
     return {
-        "near_copy_share": float((cosines > domino.score.memorization_threshold).mean()),
+        **copy_metrics(emb, ref_emb, domino.score.memorization_threshold),
         "novelty_removed": sum(r is not None for r in novelty) / len(texts),
-        "nearest_reference_similarity": float(cosines.mean()),
         "vendi": vendi_score(emb), "distinct_2": distinct_n(texts, 2),
         "mmd_test": mmd_rbf(emb, test_emb)["mmd"], "auc_test": classifier_two_sample_auc(emb, test_emb)["auc"],
         "heldout_nll": heldout_nll,
-        "finished_share": float(np.mean([s.finished for s in samples])),
-    }, texts
+        "finished_share": float(np.mean(finished)),
+    }
 
 
 def mean_std(values: list[float]) -> str:
@@ -193,40 +202,77 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--num-samples", type=int, default=256)
     parser.add_argument("--summary-only", action="store_true", help="train nothing: summarise the finished runs in --out")
+    parser.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:1, ...")
+    parser.add_argument("--tf32", action="store_true", help="CUDA: float32 matmuls on TF32 tensor cores (recorded per run)")
+    parser.add_argument("--defer-scoring", action="store_true",
+                        help="for a machine without the embedder: keep the samples' texts in <condition>/seed<s>.raw.json "
+                             "and score them later with --score-deferred")
+    parser.add_argument("--score-deferred", action="store_true",
+                        help="train nothing: score every raw run in --out into its seed<s>.json, then summarise")
     args = parser.parse_args()
     if args.summary_only:
         return report(args.out, args.conditions)
+    refs = [row["text"] for row in read_jsonl(TRAIN_REFERENCES)][: args.references]
+    test_texts = [p["text"] for p in mbpp_test_problems()]
+    embedder = None if args.defer_scoring else load_embedder()
+    ref_emb, test_emb = (None, None) if embedder is None else (embedder.encode(refs), embedder.encode(test_texts))
+    if args.score_deferred:
+        for raw in sorted(args.out.glob("*/seed*.raw.json")):
+            if not raw.with_name(raw.name.replace(".raw", "")).exists():
+                score_deferred(raw, embedder, test_emb)
+        return report(args.out, args.conditions)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     args.out.mkdir(parents=True, exist_ok=True)
     references = args.out / "references.jsonl"
-    refs = [row["text"] for row in read_jsonl(TRAIN_REFERENCES)][: args.references]
-    references.write_text("".join(json.dumps({"text": t}) + "\n" for t in refs))
-    test_texts = [p["text"] for p in mbpp_test_problems()]
+    write_atomic(references, "".join(json.dumps({"text": t}) + "\n" for t in refs).encode())
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).requires_grad_(False)
-    embedder = load_embedder()
-    ref_emb, test_emb = embedder.encode(refs), embedder.encode(test_texts)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(args.device).requires_grad_(False)
+    hardware = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else "cpu"
     heldout = test_texts[:HELDOUT_NLL_TEXTS]
     for condition in args.conditions:
         for seed in args.seeds:
             path = args.out / condition / f"seed{seed}.json"
-            if path.exists():
+            raw_path = path.with_name(f"seed{seed}.raw.json")
+            if path.exists() or (args.defer_scoring and raw_path.exists()):
                 continue
-            print(f"{condition} seed {seed}: {args.steps} steps at lr {args.lr}", flush=True)
+            print(f"{condition} seed {seed}: {args.steps} steps at lr {args.lr} on {hardware}", flush=True)
             domino = domino_config(args, references, condition, seed)
             run = train_and_probe(args, model, tokenizer, domino, refs, heldout, embedder)
             last = run["history"][-1]["metrics"]
-            final, texts = final_metrics(model, tokenizer, domino, run["domain"], refs, ref_emb, test_texts, test_emb,
-                                         embedder, last.get("heldout_nll"))
-            final["reference_nll"] = last["reference_nll"]
-            print(f"  final: {json.dumps(final)}", flush=True)
-            record = {"condition": condition, "seed": seed, "settings": vars(args) | {"out": str(args.out)},
-                      "induction": domino.induction.model_dump(), "train_seconds": run["train_seconds"],
-                      "history": run["history"], "final": final, "samples": texts[:20]}
+            texts, finished = draw_final(model, tokenizer, domino, run["domain"])
+            record = {"condition": condition, "seed": seed, "hardware": hardware,
+                      "settings": vars(args) | {"out": str(args.out)}, "induction": domino.induction.model_dump(),
+                      "train_seconds": run["train_seconds"], "history": run["history"],
+                      "heldout_nll": last.get("heldout_nll"), "reference_nll": last["reference_nll"]}
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, (json.dumps(record, indent=1, default=str) + "\n").encode())
-    report(args.out, args.conditions)
+            if embedder is None:
+                write_atomic(raw_path, (json.dumps(record | {"texts": texts, "finished": finished}, default=str) + "\n").encode())
+                continue
+            record["final"] = score_final(texts, finished, domino, refs, ref_emb, test_emb, embedder, record["heldout_nll"])
+            record["final"]["reference_nll"] = record["reference_nll"]
+            print(f"  final: {json.dumps(record['final'])}", flush=True)
+            write_atomic(path, (json.dumps(record | {"samples": texts[:20]}, indent=1, default=str) + "\n").encode())
+    if embedder is not None:
+        report(args.out, args.conditions)
+
+
+def score_deferred(raw: Path, embedder, test_emb) -> None:
+    """A run trained with --defer-scoring, scored here exactly as an undeferred run is, into its seed<s>.json."""
+    record = json.loads(raw.read_text())
+    texts, finished = record.pop("texts"), record.pop("finished")
+    refs = [row["text"] for row in read_jsonl(TRAIN_REFERENCES)][: int(record["settings"]["references"])]
+    ref_emb = embedder.encode(refs)
+    domino = DominoConfig.model_validate({"references": {"path": str(raw.parent.parent / "references.jsonl")}})
+    threshold = domino.score.memorization_threshold
+    for entry in record["history"]:
+        entry["metrics"] = copy_metrics(embedder.encode(entry.pop("texts")), ref_emb, threshold) | entry["metrics"]
+    record["final"] = score_final(texts, finished, domino, refs, ref_emb, test_emb, embedder, record["heldout_nll"])
+    record["final"]["reference_nll"] = record["reference_nll"]
+    print(f"{record['condition']} seed {record['seed']} ({record['hardware']}): {json.dumps(record['final'])}", flush=True)
+    write_atomic(raw.with_name(raw.name.replace(".raw", "")),
+                 (json.dumps(record | {"samples": texts[:20]}, indent=1, default=str) + "\n").encode())
 
 
 def report(out: Path, conditions: list[str]) -> None:
