@@ -5,7 +5,7 @@ enough soft tokens and training that D reproduces them. This script trains each 
 that, measures D with the plugin's own induction diagnostics (`axolotl_domino.diagnostics.InductionProbe`)
 every `--eval-every` steps, then samples `--num-samples` texts from the final D and scores them.
 
-Setup (every choice is a flag): SmolLM2-135M-Instruct (float32, CPU), the first `--references` MBPP train
+Setup (every choice is a flag): SmolLM2-135M-Instruct (float32, CPU by default), the first `--references` MBPP train
 problem statements (data/mbpp/references_train100.jsonl), k = l = `--tokens`, micro-batch 4 with in-batch
 negatives, length-normalised likelihood, AdamW (no weight decay) at a constant `--lr`, `--steps` optimizer
 steps (a seeded shuffle per epoch, last partial batch dropped, as the pipeline's induction does). The
@@ -32,6 +32,11 @@ population std over every finished seed of each condition), curves.png. The last
 Finished runs are skipped on a rerun.
 
     .venv/bin/python bench/regime.py --out outputs/regime --seeds 0 1 2
+
+On a GPU: `--device cuda` (and `--tf32` for speed), many runs side by side with `bench/regime_parallel.py`.
+A machine without the embedder trains and samples with `--defer-scoring` (each run keeps its texts in
+<condition>/seed<s>.raw.json); `--score-deferred` then scores them where the embedder is, with the same code
+and the same numbers as an undeferred run.
 """
 
 from __future__ import annotations
@@ -163,7 +168,8 @@ def summarise(out: Path, conditions: list[str]) -> dict[str, dict[str, list[floa
     table: dict[str, dict[str, list[float]]] = {}
     curves: list[dict] = []
     for condition in conditions:
-        runs = [json.loads(path.read_text()) for path in sorted((out / condition).glob("seed*.json"))]
+        paths = [path for path in sorted((out / condition).glob("seed*.json")) if not path.name.endswith(".raw.json")]
+        runs = [json.loads(path.read_text()) for path in paths]
         table[condition] = {m: [r["final"][m] for r in runs] for m in METRICS if m in runs[0]["final"]}
         for i, entry in enumerate(runs[0]["history"]):
             point = curves[i] if i < len(curves) else {"step": entry["step"], "metrics": {}}
