@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality.mbpp import REPO, TRAIN_REFERENCES, mbpp_test_problems  # noqa: E402
 
-from axolotl_domino.args import DominoConfig, NoveltyFilterConfig  # noqa: E402
+from axolotl_domino.args import DominoConfig, NoveltyFilterConfig, ScoreConfig  # noqa: E402
 from axolotl_domino.diagnostics import InductionProbe, copy_metrics  # noqa: E402
 from axolotl_domino.files import read_jsonl, write_atomic  # noqa: E402
 from axolotl_domino.filters import novelty_reasons  # noqa: E402
@@ -144,13 +144,18 @@ def draw_final(model, tokenizer, domino: DominoConfig, domain) -> tuple[list[str
     return [sample_text(s.token_ids, tokenizer, "text", "user") for s in samples], [s.finished for s in samples]
 
 
-def score_final(texts: list[str], finished: list[bool], domino: DominoConfig, refs, ref_emb, test_emb, embedder,
+def train_references(count: int) -> list[str]:
+    """The study's references: the first `count` MBPP train statements."""
+    return [row["text"] for row in read_jsonl(TRAIN_REFERENCES)][:count]
+
+
+def score_final(texts: list[str], finished: list[bool], refs, ref_emb, test_emb, embedder,
                 heldout_nll: float) -> dict[str, float]:
     """The final metrics of one run's samples (the part that needs the embedder)."""
     emb = embedder.encode(texts)
     novelty = novelty_reasons([{"instruction": t} for t in texts], NoveltyFilterConfig(enabled=True), refs)
     return {
-        **copy_metrics(emb, ref_emb, domino.score.memorization_threshold),
+        **copy_metrics(emb, ref_emb, ScoreConfig().memorization_threshold),
         "novelty_removed": sum(r is not None for r in novelty) / len(texts),
         "vendi": vendi_score(emb), "distinct_2": distinct_n(texts, 2),
         "mmd_test": mmd_rbf(emb, test_emb)["mmd"], "auc_test": classifier_two_sample_auc(emb, test_emb)["auc"],
@@ -218,7 +223,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.summary_only:
         return report(args.out, args.conditions)
-    refs = [row["text"] for row in read_jsonl(TRAIN_REFERENCES)][: args.references]
+    refs = train_references(args.references)
     test_texts = [p["text"] for p in mbpp_test_problems()]
     embedder = None if args.defer_scoring else load_embedder()
     ref_emb, test_emb = (None, None) if embedder is None else (embedder.encode(refs), embedder.encode(test_texts))
@@ -256,7 +261,7 @@ def main() -> None:
             if embedder is None:
                 write_atomic(raw_path, (json.dumps(record | {"texts": texts, "finished": finished}, default=str) + "\n").encode())
                 continue
-            record["final"] = score_final(texts, finished, domino, refs, ref_emb, test_emb, embedder, record["heldout_nll"])
+            record["final"] = score_final(texts, finished, refs, ref_emb, test_emb, embedder, record["heldout_nll"])
             record["final"]["reference_nll"] = record["reference_nll"]
             print(f"  final: {json.dumps(record['final'])}", flush=True)
             write_atomic(path, (json.dumps(record | {"samples": texts[:20]}, indent=1, default=str) + "\n").encode())
@@ -268,13 +273,12 @@ def score_deferred(raw: Path, embedder, test_emb) -> None:
     """A run trained with --defer-scoring, scored here exactly as an undeferred run is, into its seed<s>.json."""
     record = json.loads(raw.read_text())
     texts, finished = record.pop("texts"), record.pop("finished")
-    refs = [row["text"] for row in read_jsonl(TRAIN_REFERENCES)][: int(record["settings"]["references"])]
+    refs = train_references(int(record["settings"]["references"]))
     ref_emb = embedder.encode(refs)
-    domino = DominoConfig.model_validate({"references": {"path": str(raw.parent.parent / "references.jsonl")}})
-    threshold = domino.score.memorization_threshold
+    threshold = ScoreConfig().memorization_threshold
     for entry in record["history"]:
         entry["metrics"] = copy_metrics(embedder.encode(entry.pop("texts")), ref_emb, threshold) | entry["metrics"]
-    record["final"] = score_final(texts, finished, domino, refs, ref_emb, test_emb, embedder, record["heldout_nll"])
+    record["final"] = score_final(texts, finished, refs, ref_emb, test_emb, embedder, record["heldout_nll"])
     record["final"]["reference_nll"] = record["reference_nll"]
     print(f"{record['condition']} seed {record['seed']} ({record['hardware']}): {json.dumps(record['final'])}", flush=True)
     write_atomic(raw.with_name(raw.name.replace(".raw", "")),

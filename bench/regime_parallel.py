@@ -56,11 +56,11 @@ def main() -> None:
             if process.poll() is not None:
                 log.close()
                 del running[key]
-                finished.append((key, process.returncode, time.monotonic() - started))
+                finished.append(process.returncode)
                 print(f"{key[0]} seed {key[1]}: exit {process.returncode} at {time.monotonic() - started:.0f} s", flush=True)
         if late:
             queue.clear()
-    done = sum(code == 0 for _, code, _ in finished)
+    done = sum(code == 0 for code in finished)
     print(f"{done} of {len(finished)} started runs finished in {time.monotonic() - started:.0f} s")
 
 
