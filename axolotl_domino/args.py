@@ -3,16 +3,24 @@
 Axolotl mixes `DominoArgs` into its own config model (see `DominoPlugin.get_input_args`), so
 everything DOMINO needs lives under one top-level key and is validated, with the key named in
 the error, before any model is loaded. Unknown keys inside `domino:` are errors (Axolotl itself
-drops unknown top-level keys silently, which hides typos).
+drops unknown top-level keys silently, which hides typos). `parse_domino` is the one way a raw block becomes a
+`DominoConfig`: pydantic's errors come back as ours, each with the key path, what was given, what is
+allowed, and for an unknown key the closest valid one.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import types
+import typing
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from axolotl_domino.errors import ConfigError
 
 
 def _require_file(path: str, key: str, fix: str) -> None:
@@ -20,7 +28,7 @@ def _require_file(path: str, key: str, fix: str) -> None:
     file = Path(path).expanduser()
     if not file.is_file():
         where = "does not exist" if not file.exists() else "is not a file"
-        raise ValueError(f"{key}: '{path}' {where} (resolved from {Path.cwd()}). {fix}")
+        raise ConfigError(f"{key}: '{path}' {where} (resolved from {Path.cwd()}). {fix}")
 
 
 def check_in_batch_negatives(contrastive: bool, negatives: str, micro_batch_size: int, key: str) -> None:
@@ -30,7 +38,7 @@ def check_in_batch_negatives(contrastive: bool, negatives: str, micro_batch_size
     stage, the top-level `micro_batch_size` for a standalone `adapter: domino_prompt` YAML.
     """
     if contrastive and negatives == "in_batch" and micro_batch_size < 2:
-        raise ValueError(
+        raise ConfigError(
             f"{key}: in-batch negatives need at least 2 references per micro-batch; set {key.rsplit('.', 1)[-1]} >= 2 "
             "or domino.induction.negatives: sampled."
         )
@@ -50,7 +58,7 @@ def refuse_zero3_induction(deepspeed: Any, key: str) -> None:
             return  # Axolotl reports an unreadable DeepSpeed file itself
     stage = ((deepspeed or {}).get("zero_optimization") or {}).get("stage") if isinstance(deepspeed, dict) else None
     if stage == 3:
-        raise ValueError(
+        raise ConfigError(
             f"{key}: ZeRO-3 partitions the model, and domain induction reads D, S and the embedding scale outside "
             "the forward pass, where ZeRO-3 leaves them empty. Use ZeRO-2 or ZeRO-1 for induction "
             "(domino.induction.axolotl: {deepspeed: zero2}); ZeRO-3 for the SFT stage is fine."
@@ -59,7 +67,7 @@ def refuse_zero3_induction(deepspeed: Any, key: str) -> None:
 
 def check_repo_id(repo: str | None) -> str | None:
     if repo is not None and (repo.count("/") != 1 or not all(repo.split("/"))):
-        raise ValueError(f"'{repo}' is not a Hub repository id; write it as org/name (or user/name).")
+        raise ConfigError(f"'{repo}' is not a Hub repository id; write it as org/name (or user/name).")
     return repo
 
 
@@ -209,16 +217,16 @@ class InductionConfig(_Publishable):
     @model_validator(mode="after")
     def _consistent(self) -> "InductionConfig":
         if self.init == "text" and not self.init_text:
-            raise ValueError("domino.induction.init_text: required when init is 'text' (or set init: random).")
+            raise ConfigError("domino.induction.init_text: required when init is 'text' (or set init: random).")
         if self.l1_only and self.num_sample_tokens > 0:
-            raise ValueError(
+            raise ConfigError(
                 "domino.induction.num_sample_tokens: must be 0 when l1_only is true "
                 "(S is unused by L1); set num_sample_tokens: 0 or l1_only: false."
             )
         if self.num_sample_tokens == 0:
             self.l1_only = True
         if self.keep == "best" and not self.eval_steps:
-            raise ValueError("domino.induction.keep: `best` chooses among the evals; set eval_steps > 0 or keep: last.")
+            raise ConfigError("domino.induction.keep: `best` chooses among the evals; set eval_steps > 0 or keep: last.")
         check_in_batch_negatives(
             not self.l1_only, self.negatives, self.micro_batch_size, "domino.induction.micro_batch_size"
         )
@@ -290,14 +298,14 @@ class EndpointConfig(_Block):
     @classmethod
     def _url_is_http(cls, url: str) -> str:
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"'{url}' is not an http(s) URL; e.g. http://127.0.0.1:8000/v1.")
+            raise ConfigError(f"'{url}' is not an http(s) URL; e.g. http://127.0.0.1:8000/v1.")
         return url
 
 
 def check_one_model_source(model: str | None, endpoint: EndpointConfig | None, key: str) -> None:
     """A responder or judge is either loaded here (`model`) or asked over HTTP (`endpoint`), never both."""
     if model and endpoint:
-        raise ValueError(
+        raise ConfigError(
             f"{key}.model and {key}.endpoint are both set; keep `model` to load it here, or `endpoint` "
             "(with endpoint.model naming it on the server) to ask a server."
         )
@@ -343,7 +351,7 @@ class ResponsesConfig(_Block):
     @model_validator(mode="after")
     def _template_has_slot(self) -> "ResponsesConfig":
         if "{instruction}" not in self.instruction_template:
-            raise ValueError(
+            raise ConfigError(
                 "domino.responses.instruction_template: must contain `{instruction}`, where the synthetic "
                 "sample goes."
             )
@@ -379,7 +387,7 @@ class DatasetConfig(_Publishable):
     @model_validator(mode="after")
     def _push_needs_folder(self) -> "DatasetConfig":
         if self.push_to_hub and not self.hf_dataset:
-            raise ValueError("domino.dataset.push_to_hub pushes the hf_dataset/ folder; set hf_dataset: true.")
+            raise ConfigError("domino.dataset.push_to_hub pushes the hf_dataset/ folder; set hf_dataset: true.")
         return self
 
 
@@ -455,7 +463,7 @@ class DecontaminationFilterConfig(_FilterBlock):
         if not self.enabled:
             return self
         if not self.files:
-            raise ValueError("domino.filters.decontamination.files: list at least one benchmark JSONL file.")
+            raise ConfigError("domino.filters.decontamination.files: list at least one benchmark JSONL file.")
         for name in self.files:
             _require_file(name, "domino.filters.decontamination.files", "List benchmark JSON Lines files.")
         return self
@@ -518,7 +526,7 @@ class JudgeFilterConfig(_FilterBlock):
         ):
             unknown = [level for level in chosen if level not in levels]
             if unknown or not chosen:
-                raise ValueError(
+                raise ConfigError(
                     f"domino.filters.judge.{key}: {unknown or 'empty'}; choose one or more of {list(levels)}."
                 )
         check_one_model_source(self.model, self.endpoint, "domino.filters.judge")
@@ -586,7 +594,7 @@ class ScoreConfig(_Block):
                 "Point it at a JSON Lines file of real domain samples, or remove it to score against the references.",
             )
         if not self.heldout_field:
-            raise ValueError("domino.score.heldout_field: must be a non-empty key name.")
+            raise ConfigError("domino.score.heldout_field: must be a non-empty key name.")
         return self
 
 
@@ -628,14 +636,14 @@ class DominoConfig(_Block):
         if self.dataset.format is None:
             self.dataset.format = "chat_template" if self.responses.enabled else "completion"
         if self.dataset.format != "completion" and not self.responses.enabled:
-            raise ValueError(
+            raise ConfigError(
                 f"domino.dataset.format: {self.dataset.format} needs instruction/response pairs; set "
                 "domino.responses.enabled: true, or format: completion for a plain-text domain."
             )
         for name in ("syntax", "execution"):
             block = getattr(self.filters, name)
             if block.enabled and block.field == "response" and not self.responses.enabled:
-                raise ValueError(
+                raise ConfigError(
                     f"domino.filters.{name}.field: response needs domino.responses.enabled: true; "
                     "or set field: instruction."
                 )
@@ -648,3 +656,103 @@ class DominoArgs(BaseModel):
     domino: DominoConfig | None = Field(
         default=None, description="DOMINO settings; without this block the plugin does nothing."
     )
+
+
+# --- the block from a YAML, with errors that read as ours ---------------------------------------------------
+
+
+def parse_domino(block: Any, source: str = "the YAML") -> DominoConfig:
+    """The validated `domino:` block, or a `ConfigError` listing every problem of `block` (from `source`)."""
+    if not isinstance(block, Mapping):
+        raise ConfigError(f"domino: in {source} must be a mapping of settings (references: ..., induction: ...), "
+                          f"not {type(block).__name__}; see the README's `domino:` reference.")
+    try:
+        return DominoConfig.model_validate(dict(block))
+    except ValidationError as exc:
+        problems = describe_errors(exc)
+        head = f"the domino: block in {source} has {len(problems)} problem{'s' if len(problems) > 1 else ''}:"
+        raise ConfigError(head + "".join(f"\n  - {problem}" for problem in problems)) from None
+
+
+def describe_errors(exc: ValidationError) -> list[str]:
+    """One line per invalid key of a `DominoConfig` validation: its path, what was given, what is allowed.
+
+    Errors of one key (a union type fails once per member) are merged into one line."""
+    by_key: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for error in exc.errors(include_url=False):
+        by_key.setdefault(_field_path(error["loc"]), []).append(error)
+    return [_describe(path, errors) for path, errors in by_key.items()]
+
+
+def _field_path(loc: tuple[Any, ...]) -> tuple[str, ...]:
+    """The key path of an error location, without the union-member tags pydantic adds below a plain value
+    (`bool`, `literal['auto']`); list positions stay."""
+    path: list[str] = []
+    for part in loc:
+        if isinstance(part, str) and path and _model_at(tuple(path)) is None:
+            break  # a union member's tag, not a key
+        path.append(str(part))
+    return tuple(path)
+
+
+def _model_at(path: tuple[str, ...]) -> type[BaseModel] | None:
+    """The block model at a key path of `DominoConfig` (None below a plain value or a free mapping)."""
+    model: type[BaseModel] | None = DominoConfig
+    for part in path:
+        field = model.model_fields.get(part) if model is not None else None
+        model = _block_type(field.annotation) if field is not None else None
+    return model
+
+
+def _block_type(annotation: Any) -> type[BaseModel] | None:
+    """The block model an annotation holds (`X` or `X | None`), if it is one."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        blocks = [b for b in map(_block_type, typing.get_args(annotation)) if b is not None]
+        return blocks[0] if len(blocks) == 1 else None
+    return None
+
+
+def _all_keys(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every key path below `model`, blocks included."""
+    for name, field in model.model_fields.items():
+        yield prefix + (name,)
+        block = _block_type(field.annotation)
+        if block is not None:
+            yield from _all_keys(block, prefix + (name,))
+
+
+def did_you_mean(path: tuple[str, ...]) -> str:
+    """For an unknown key: the closest key of its block, else the block elsewhere that has such a key."""
+    *parent, key = path
+    model = _model_at(tuple(parent))
+    siblings = list(model.model_fields) if model is not None else []
+    close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]}?"
+    elsewhere = [p for p in _all_keys(DominoConfig) if difflib.get_close_matches(key, [p[-1]], n=1, cutoff=0.8)]
+    if elsewhere:
+        return f"did you mean {'.'.join(('domino', *elsewhere[0]))} (it belongs in another block)?"
+    return f"the keys here are: {', '.join(siblings)}" if siblings else ""
+
+
+def _describe(path: tuple[str, ...], errors: list[dict[str, Any]]) -> str:
+    key = ".".join(("domino", *path))
+    first = errors[0]
+    if first["type"] == "extra_forbidden":
+        hint = did_you_mean(path)
+        return f"{key}: unknown key" + (f"; {hint}" if hint else "")
+    if first["type"] == "missing":
+        model, name = _model_at(path[:-1]), path[-1]
+        about = model.model_fields[name].description if model is not None and name in model.model_fields else None
+        return f"{key}: required" + (f" ({about})" if about else "")
+    if first["type"] == "value_error":
+        message = str(first["ctx"]["error"])
+        return message if message.startswith("domino.") else f"{key}: {message}"
+    allowed = " or ".join(dict.fromkeys(_lower_first(error["msg"]) for error in errors))
+    return f"{key}: given {first['input']!r}; {allowed}"
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from axolotl_domino.errors import user_errors
-from axolotl_domino.args import DominoConfig
+from axolotl_domino.args import DominoConfig, parse_domino
 from axolotl_domino.files import digest, write_atomic
 from axolotl_domino.layout import Layout
 from axolotl_domino.synthesize import synthesize
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] [%(name)s] %(message)s")
     resolved = json.loads(args.config.read_text())
-    domino = DominoConfig.model_validate(resolved["domino"])
     with user_errors():
+        domino = parse_domino(resolved["domino"], str(args.config))
         synthesize(domino, resolved["base_model"], args.rank, args.world_size, resolved["trust_remote_code"])
 
 

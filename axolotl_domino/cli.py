@@ -61,19 +61,21 @@ def _load_stage_config(config: Path):
     Read without Axolotl's `load_cfg`, which would also set up the YAML's DeepSpeed environment.
     """
     import yaml
-    from pydantic import ValidationError
 
-    from axolotl_domino.args import DominoConfig
+    from axolotl_domino.args import parse_domino
+    from axolotl_domino.errors import ConfigError
 
-    raw = yaml.safe_load(config.read_text()) or {}
-    if not raw.get("domino"):
-        raise click.ClickException(f"{config}: no `domino:` block; see the README for one.")
-    if not raw.get("base_model"):
-        raise click.ClickException(f"{config}: no `base_model:`.")
     try:
-        return DominoConfig.model_validate(raw["domino"]), str(raw["base_model"]), raw
-    except ValidationError as exc:
-        raise click.ClickException(f"{config}: invalid domino: block\n{exc}") from exc
+        raw = yaml.safe_load(config.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{config}:{mark.line + 1}" if mark is not None else str(config)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc}).") from None
+    if not isinstance(raw, dict) or not raw.get("domino"):
+        raise ConfigError(f"{config}: no `domino:` block; see the README for one.")
+    if not raw.get("base_model"):
+        raise ConfigError(f"{config}: no `base_model:`; name the model to induce the domain on.")
+    return parse_domino(raw["domino"], str(config)), str(raw["base_model"]), raw
 
 
 def _resolved_settings(config: Path) -> dict:
@@ -145,94 +147,74 @@ def synthesize(config: Path, rank: int | None, world_size: int | None) -> None:
     click.echo(result.dataset)
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds >= 2 * 86400:
-        return f"{seconds / 86400:.1f} days"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
-
-
 @domino.command()
 @config_argument
 @click.option("--tflops", type=float, default=None,
-              help="Estimate for hardware with this dense matmul rate per process (TFLOP/s; e.g. 989 for an H100's "
-              "bf16) instead of measuring this node.")
+              help="Estimate for other hardware with this dense bf16 matmul rate per process (TFLOP/s; e.g. 989 for "
+              "an H100) instead of timing the stages on this node.")
+@click.option("--bandwidth", type=float, default=None,
+              help="With --tflops: that hardware's memory bandwidth per process in GB/s (default: an H100's 3350), "
+              "which prices its decode steps.")
 @click.option("--world-size", default=1, show_default=True, help="Processes (GPUs) the run will have.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON object (for scripts).")
-def plan(config: Path, tflops: float | None, world_size: int, as_json: bool) -> None:
+def plan(config: Path, tflops: float | None, bandwidth: float | None, world_size: int, as_json: bool) -> None:
     """Check CONFIG and print what each stage would do, with its time and peak memory (no weights loaded).
 
     Safe on a CPU login node for a GPU cluster's YAML: nothing is written, and the model's config comes from its
-    folder, the Hub cache or the configs shipped for our examples.
+    folder, the Hub cache or the configs shipped for our examples. Without --tflops the stages' own code is timed
+    on a slice of the model here (a few seconds).
     """
-    from axolotl_domino.estimate import EFFICIENCY, TRAIN_EFFICIENCY, estimate, measure_hardware, model_shape
+    from axolotl_domino.estimate import OUTER_START_S, duration, plan_run
     from axolotl_domino.pipeline import preflight, stage_plans
     from axolotl_domino.references import load_references
+    from axolotl_domino.synthesize import finished
 
     domino_cfg, base_model, raw = _load_stage_config(config)
-    trust = bool(raw.get("trust_remote_code"))
-    preflight(domino_cfg, base_model, trust, planning=True)
+    preflight(domino_cfg, base_model, bool(raw.get("trust_remote_code")), planning=True)
     notes = []
     try:
         settings = {} if domino_cfg.synthesis.adapter else _resolved_settings(config)
     except (click.ClickException, ValueError) as exc:  # e.g. GPU-only keys on a CPU node
         settings = {}
-        why = str(exc.__cause__ or exc).strip().splitlines()[0]
+        why = str(exc.__cause__ or exc).strip().splitlines()[0].removeprefix("domino: error: ")
         notes.append(f"this node cannot resolve the YAML as `axolotl train` would ({why}); the stage actions "
                      "assume it resolves as written")
     plans = stage_plans(domino_cfg, base_model, settings)
-    shape = model_shape(base_model, trust)
-    texts = load_references(domino_cfg).texts
-    lengths = _token_counts(base_model, trust, texts, domino_cfg.references.max_tokens, notes)
-    hw = measure_hardware(tflops)
-    stages = estimate(domino_cfg, raw, shape, lengths, hw, world_size)
+    done = finished(domino_cfg, base_model)
+    result = plan_run(domino_cfg, base_model, raw, load_references(domino_cfg).texts, world_size, tflops, bandwidth,
+                      kept=done.manifest["counts"]["kept"] if done else None)
+    notes = result.notes + notes
 
     table = []
-    for stage in stages:
+    for stage in result.stages:
         owner = plans.get(stage.stage) or plans["synthesis"]  # responses, filters, scorecard: part of synthesis
         table.append({
             "stage": stage.stage, "action": "run (Axolotl)" if stage.stage == "sft" else owner.action,
             "seconds": round(stage.seconds, 1), "peak_bytes": stage.peak_bytes, "basis": stage.basis,
             "last_seconds": owner.last_seconds if stage.stage in plans else None,
         })
-    total = sum(row["seconds"] for row in table if not row["action"].startswith("skip"))
+    total = OUTER_START_S + sum(row["seconds"] for row in table if not row["action"].startswith("skip"))
+    shape, lengths = result.shape, result.facts.reference_tokens
     if as_json:
-        click.echo(json.dumps({"config": str(config), "hardware": hw.description,
-                               "efficiency": {"train": TRAIN_EFFICIENCY, "generate": EFFICIENCY},
-                               "params": shape.params, "stages": table, "total_seconds": round(total, 1), "notes": notes}))
+        click.echo(json.dumps({"config": str(config), "hardware": result.hardware, "params": shape.params,
+                               "stages": table, "total_seconds": round(total, 1), "notes": notes}))
         return
     click.echo(f"{config}: valid; preflight passed (no weights loaded, nothing written)")
     click.echo(f"model: {base_model}: {shape.params / 1e6:.1f}M parameters, {shape.layers} layers, hidden "
                f"{shape.hidden}, vocabulary {shape.vocab}")
     click.echo(f"references: {len(lengths)}, {sum(lengths) / len(lengths):.0f} tokens on average")
-    click.echo(f"hardware: {hw.description} per process, {world_size} process(es); estimates assume "
-               f"{TRAIN_EFFICIENCY:.0%} of it for training, {EFFICIENCY:.0%} for generation, plus start-ups")
+    click.echo(f"hardware: {result.hardware}; {world_size} process(es)")
     rows = [("stage", "action", "estimate", "peak memory", "last run")] + [
-        (row["stage"], row["action"], _duration(row["seconds"]),
-         f"{row['peak_bytes'] / 2**30:.2f} GiB" if row["peak_bytes"] else "-", _duration(row["last_seconds"]))
+        (row["stage"], row["action"], duration(row["seconds"]),
+         f"{row['peak_bytes'] / 2**30:.2f} GiB" if row["peak_bytes"] else "-", duration(row["last_seconds"]))
         for row in table
-    ] + [("total", "what will run", _duration(total), "", "")]
+    ] + [("total", "what will run", duration(total), "", "")]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    for row, basis in zip(rows, [""] + [row["basis"] for row in table] + [""]):
+    bases = [""] + [row["basis"] for row in table] + [f"with {OUTER_START_S:.0f} s of `axolotl train` start-up"]
+    for row, basis in zip(rows, bases):
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + basis)
     for note in notes:
         click.echo(f"note: {note}")
-
-
-def _token_counts(base_model: str, trust: bool, texts: list[str], cap: int, notes: list[str]) -> list[int]:
-    """Each reference's token count (capped, plus EOS); 4 characters a token when the tokenizer is not here."""
-    from transformers import AutoTokenizer
-
-    try:
-        ids = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust)(texts)["input_ids"]
-        return [min(len(row), cap) + 1 for row in ids]
-    except OSError:
-        notes.append(f"{base_model}'s tokenizer is not available here: references counted at 4 characters a token")
-        return [min(len(text) // 4 + 1, cap) + 1 for text in texts]
 
 
 @domino.command()

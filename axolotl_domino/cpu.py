@@ -15,6 +15,8 @@ import logging
 from collections.abc import MutableMapping
 from typing import Any
 
+from axolotl_domino.errors import ConfigError
+
 LOG = logging.getLogger("axolotl.integrations.domino.cpu")
 
 LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
@@ -54,7 +56,15 @@ def precision_reason(setting: bool | str, units: list[str] | None = None) -> str
     return f"domino.cpu_bf16: {str(setting).lower()} ({have})"
 
 
-class CpuConfigError(ValueError):
+def cpu_trains_bf16(cfg: MutableMapping[str, Any] | dict, units: list[str] | None = None) -> bool:
+    """Whether induction and SFT train under bf16 autocast on this CPU, as `apply_cpu_defaults` resolves a raw
+    YAML: `bf16: true`, or `bf16` unset or auto where `domino.cpu_bf16` chooses bf16 (the planner asks too)."""
+    if _unset_or_auto(cfg.get("bf16")):
+        return use_cpu_bf16((cfg.get("domino") or {}).get("cpu_bf16", "auto"), units)
+    return cfg.get("bf16") is True
+
+
+class CpuConfigError(ConfigError):
     """A setting in the YAML that cannot work without CUDA."""
 
 
@@ -103,7 +113,7 @@ def apply_cpu_defaults(cfg: MutableMapping[str, Any], units: list[str] | None = 
     if _unset_or_auto(cfg.get("bf16")):
         setting = (cfg.get("domino") or {}).get("cpu_bf16", "auto")
         units = cpu_bf16_units() if units is None else units  # detected once, for the choice and its log line
-        if use_cpu_bf16(setting, units):
+        if cpu_trains_bf16(cfg, units):
             set_value("bf16", True, f"bf16 autocast, float32 trainable weights and optimizer state: "
                                     f"{precision_reason(setting, units)}")
             attention_chosen = cfg.get("attn_implementation") or any(cfg.get(flag) for flag in ATTENTION_FLAGS)

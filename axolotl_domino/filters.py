@@ -25,7 +25,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from axolotl_domino.args import (
     NoveltyFilterConfig,
     SyntaxFilterConfig,
 )
+from axolotl_domino.errors import ConfigError
 from axolotl_domino.files import read_field
 from axolotl_domino.judge import UNPARSABLE, Judge, judge_reasons, load_judge
 from axolotl_domino.sandbox import SandboxResult, run_many
@@ -67,12 +68,15 @@ def apply_filters(
     judge: Judge | None = None,
     base_model: str | None = None,
     cpu_bf16: bool = False,
+    judge_journal: Path | None = None,
 ) -> tuple[list[dict[str, Any]], list[FilterReport]]:
     """The rows every enabled filter keeps, in their original order, and one report per enabled filter.
 
     `references` are the reference texts (for novelty). The judge filter uses `judge` when given,
-    else loads `settings.judge.model`, else `base_model` (in bf16 on a CPU when `cpu_bf16`).
+    else loads `settings.judge.model`, else `base_model` (in bf16 on a CPU when `cpu_bf16`), and only when
+    `judge_journal` lacks a reply it needs.
     """
+    get_judge = (lambda: judge) if judge is not None else cache(lambda: load_judge(settings.judge, base_model, cpu_bf16))
     kept_flags = {UNPARSABLE} if settings.judge.keep_unparsable else set()
     checks: dict[str, Callable[[list[dict[str, Any]]], list[str | None]]] = {
         "syntax": partial(syntax_reasons, settings=settings.syntax),
@@ -80,7 +84,7 @@ def apply_filters(
         "novelty": partial(novelty_reasons, settings=settings.novelty, references=references),
         "decontamination": partial(contamination_reasons, settings=settings.decontamination),
         "execution": partial(execution_reasons, settings=settings.execution),
-        "judge": lambda kept: judge_reasons(kept, settings.judge, judge or load_judge(settings.judge, base_model, cpu_bf16)),
+        "judge": partial(judge_reasons, settings=settings.judge, get_judge=get_judge, journal=judge_journal),
     }
     reports = []
     for name, check in checks.items():
@@ -131,7 +135,7 @@ def first_code_block(text: str) -> str | None:
 def _text(row: dict[str, Any], key: str, setting: str) -> str:
     value = row.get(key)
     if value is None:
-        raise ValueError(
+        raise ConfigError(
             f"{setting}: rows have no '{key}' text (is domino.responses.enabled off?); "
             "check the instruction instead (field: instruction) or enable responses."
         )

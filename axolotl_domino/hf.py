@@ -26,6 +26,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from axolotl_domino.errors import ConfigError
+
 
 def rank_device() -> torch.device:
     """This rank's GPU (`LOCAL_RANK`) when CUDA is available, else the CPU.
@@ -125,26 +127,36 @@ AUTO_BATCH_LIMIT = 128
 
 def auto_batch_size(model: PreTrainedModel, prefix_len: int, max_new_tokens: int, limit: int = AUTO_BATCH_LIMIT,
                     prefill: bool = False) -> int:
-    """Sequences per batch that fit in half the free memory (key/value cache + logits per sequence).
+    """Sequences per batch that fit in half the free memory of the model's device (`fitting_batch`)."""
+    parameter = next(model.parameters())
+    return fitting_batch(model.config, parameter.element_size(), free_memory(parameter.device), prefix_len,
+                         max_new_tokens, limit, prefill)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on a GPU, or available to processes on a CPU node."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def fitting_batch(config: Any, itemsize: int, free: int, prefix_len: int, max_new_tokens: int,
+                  limit: int = AUTO_BATCH_LIMIT, prefill: bool = False) -> int:
+    """Sequences per batch that fit in half of `free` bytes (key/value cache + logits per sequence), for a model
+    of `config` with weights of `itemsize` bytes (the planner asks it too, with no model loaded).
 
     `prefill`: each sequence's `prefix_len` prompt tokens run in the batch (chat prompts, not a shared prefix
     run once), so one layer's attention scores (float32 in eager attention) and MLP activations count too."""
-    config = model.config.get_text_config()
+    config = config.get_text_config()
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    itemsize = next(model.parameters()).element_size()
     kv_bytes = 2 * config.num_hidden_layers * heads * head_dim * (prefix_len + max_new_tokens) * itemsize
     per_sequence = 2 * kv_bytes + 4 * config.vocab_size * 4  # cat() copies during growth; float32 logits
     if prefill:
         intermediate = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
         per_sequence += config.num_attention_heads * prefix_len**2 * 4 + 3 * prefix_len * intermediate * itemsize
-    device = next(model.parameters()).device
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        import psutil
-
-        free = psutil.virtual_memory().available
     return max(1, min(limit, int(free * 0.5 // per_sequence)))
 
 
@@ -249,7 +261,7 @@ class ChatGenerator:
 
     def __init__(self, model: PreTrainedModel, tokenizer: Any, key: str):
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"{key}: the model's tokenizer has no chat template; name a chat model in {key}.")
+            raise ConfigError(f"{key}: the model's tokenizer has no chat template; name a chat model in {key}.")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.stop = stop_token_ids(model, tokenizer)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from axolotl_domino.errors import DominoError
+from axolotl_domino.errors import DEBUG_HINT, ERROR_PREFIX, DominoError
 from axolotl_domino.layout import Layout
 
 LOG = logging.getLogger("axolotl.integrations.domino.launch")
@@ -168,5 +168,22 @@ def run_child(command: list[str], log_path: Path, env: dict[str, str]) -> None:
             log.write(line)
         code = proc.wait()
     if code != 0:
-        tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-40:])
+        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        ours = child_error(lines)
+        if ours is not None:  # the child explained itself: its message is the error, not its log
+            raise StageError(f"{ours}\n(in the stage command {' '.join(command)}; its log: {log_path})")
+        tail = "\n".join(lines[-40:])
         raise StageError(f"domino: stage command failed (exit {code}): {' '.join(command)}\nlog: {log_path}\n{tail}")
+
+
+def child_error(lines: list[str]) -> str | None:
+    """The last message a child printed through `user_errors` (without its `domino: error:` prefix), if any."""
+    starts = [i for i, line in enumerate(lines) if line.startswith(ERROR_PREFIX)]
+    if not starts:
+        return None
+    message = [lines[starts[-1]].removeprefix(ERROR_PREFIX)]
+    for line in lines[starts[-1] + 1:]:
+        if line.startswith(DEBUG_HINT):
+            break
+        message.append(line)
+    return "\n".join(message).strip()

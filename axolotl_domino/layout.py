@@ -50,6 +50,11 @@ class SynthesisRun:
         """The answers of an unfinished response shard, appended batch by batch (gone once the shard is written)."""
         return self.responses / f"responses-{shard:06d}.jsonl.partial"
 
+    def judge_journal(self, judge: str) -> Path:
+        """The judge's replies during a merge, appended batch by batch, per judge (`judge.judge_identity`); gone once
+        the manifest is written."""
+        return self.dir / f"judge-{judge}.jsonl.partial"
+
     def dataset(self, content_sha: str, format: str) -> Path:
         """Content-addressed: Axolotl caches tokenized data by path, so the name must change with the rows."""
         return self.dir / f"synthetic-{content_sha[:16]}.{format}.jsonl"

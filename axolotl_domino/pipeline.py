@@ -30,9 +30,9 @@ from typing import Any, NamedTuple
 import yaml
 
 from axolotl_domino import child
-from axolotl_domino.args import PUSH_FIELDS, DominoConfig, refuse_zero3_induction
+from axolotl_domino.args import PUSH_FIELDS, DominoConfig, parse_domino, refuse_zero3_induction
 from axolotl_domino.endpoint import check_endpoint
-from axolotl_domino.estimate import model_config
+from axolotl_domino.estimate import duration, model_config
 from axolotl_domino.files import digest, write_atomic
 from axolotl_domino.launch import Launch, StageError, free_port, lock_output_dir, log_to, run_child, stage_env
 from axolotl_domino.layout import Layout
@@ -97,10 +97,7 @@ def preflight(domino: DominoConfig, base_model: str, trust_remote_code: bool = F
             probe.unlink()
     except OSError as exc:
         raise StageError(f"domino.output_dir: cannot write to {output} ({exc.strerror}); choose a writable folder.") from None
-    try:
-        refuse_zero3_induction(domino.induction.axolotl.get("deepspeed"), "domino.induction.axolotl.deepspeed")
-    except ValueError as exc:
-        raise StageError(str(exc)) from None
+    refuse_zero3_induction(domino.induction.axolotl.get("deepspeed"), "domino.induction.axolotl.deepspeed")
     load_references(domino)
     for repo, key in ((domino.induction.push_to_hub, "domino.induction.push_to_hub"),
                       (domino.dataset.push_to_hub, "domino.dataset.push_to_hub")):
@@ -291,18 +288,20 @@ def induction_status(domino: DominoConfig, base_model: str, settings: Mapping[st
     return f"induction: {'up to date' + note if up_to_date else 'missing or stale'} ({Layout.of(domino).adapter})"
 
 
-def run_induction(domino: DominoConfig, base_model: str, settings: Mapping[str, Any], launch: Launch) -> Path:
+def run_induction(domino: DominoConfig, base_model: str, settings: Mapping[str, Any], launch: Launch,
+                  estimates: StageEstimates | None = None) -> Path:
     """Induce D* (rank 0, data-parallel over this node's ranks) unless up to date; return the adapter folder.
 
     With `induction.push_to_hub`, rank 0 then pushes it (an unchanged adapter makes no new Hub commit)."""
-    adapter = _induce(domino, base_model, settings, launch)
+    adapter = _induce(domino, base_model, settings, launch, estimates)
     repo = domino.induction.push_to_hub
     if repo and launch.rank == 0:
         push_folder(adapter, repo, "model", domino.induction.private, ADAPTER_FILES, "domino.induction.push_to_hub")
     return adapter
 
 
-def _induce(domino: DominoConfig, base_model: str, settings: Mapping[str, Any], launch: Launch) -> Path:
+def _induce(domino: DominoConfig, base_model: str, settings: Mapping[str, Any], launch: Launch,
+            estimates: StageEstimates | None) -> Path:
     layout = Layout.of(domino)
     config = induction_config(domino, base_model, settings)
     key = induction_key(domino, config)
@@ -323,6 +322,8 @@ def _induce(domino: DominoConfig, base_model: str, settings: Mapping[str, Any], 
         command += ["--launcher", "torchrun", "--", f"--nproc_per_node={launch.local_world_size}", f"--master_port={free_port()}"]
     else:  # in-process: no `accelerate launch` layer holding its own copy of torch in memory
         command += ["--launcher", "python"]
+    if estimates is not None:
+        estimates.log("induction")
     LOG.info("domino: inducing the domain: %s", " ".join(command))
     started = time.monotonic()
     run_child(command, layout.induction_log(key), stage_env(launch.local_world_size))
@@ -375,7 +376,7 @@ def synthesis_env(domino: DominoConfig, launch: Launch) -> dict[str, str]:
 
 def run_synthesis(
     domino: DominoConfig, base_model: str, launch: Launch, trust_remote_code: bool = False,
-    config: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None, estimates: StageEstimates | None = None,
 ) -> SynthesisResult:
     """Every rank generates its shards in a child process; rank 0's child merges, then rank 0 reports the stage
     to the trackers `config` (the outer YAML) turns on."""
@@ -383,6 +384,8 @@ def run_synthesis(
     if done is not None:
         LOG.info("domino: synthesis up to date (%s), skipping", done.dataset)
         return done
+    if estimates is not None:
+        estimates.log("synthesis", "responses", "filters", "scorecard")
     LOG.info("domino: synthesising %d samples from D* (rank %d)", domino.synthesis.num_samples, launch.rank)
     log = Layout.of(domino).synthesis_log(launch.rank)
     if in_process(domino, launch):
@@ -422,7 +425,7 @@ def _report_synthesis(result: SynthesisResult, config: Mapping[str, Any]) -> Non
 def run_pipeline(cfg: Any, launch: Launch | None = None) -> SynthesisResult:
     """Induction then synthesis for an Axolotl config; point its `datasets:` at the synthetic file."""
     launch = launch or Launch.from_env()
-    domino = DominoConfig.model_validate(dict(cfg.domino))  # Axolotl hands the block over as a dict
+    domino = parse_domino(cfg.domino)  # Axolotl hands the block over as a dict
     base_model = str(cfg.base_model)
     preflight(domino, base_model, bool(cfg.trust_remote_code))
     check_vllm_launch(domino, launch)
@@ -431,12 +434,54 @@ def run_pipeline(cfg: Any, launch: Launch | None = None) -> SynthesisResult:
         check_shared_dir(layout.launch_markers(launch_id()), launch.rank, launch.world_size, domino.wait_timeout_s)
     if launch.rank == 0:
         lock_output_dir(layout)
+    settings = inherited_settings(cfg)
+    estimates = StageEstimates(domino, base_model, cfg, settings, launch)
     with Heartbeat(layout.heartbeat(launch.rank)) if launch.world_size > 1 else nullcontext():
         if domino.synthesis.adapter is None:  # an explicit D* skips induction
-            run_induction(domino, base_model, inherited_settings(cfg), launch)
-        result = run_synthesis(domino, base_model, launch, bool(cfg.trust_remote_code), cfg)
+            run_induction(domino, base_model, settings, launch, estimates)
+        result = run_synthesis(domino, base_model, launch, bool(cfg.trust_remote_code), cfg, estimates)
     use_synthetic_dataset(cfg, result, domino.synthesis.min_kept)
+    estimates.log("sft", kept=result.manifest["counts"]["kept"])
     return result
+
+
+class StageEstimates:
+    """The plan's estimate of each stage that will run (`estimate.plan_run`, what `axolotl domino plan` prints),
+    logged by global rank 0 as the stage starts, so that a CPU user sees "induction: about 14 min" before waiting.
+
+    Made once, before the first stage: the stages' code is timed on a slice of the model for the stages that will
+    run (a few seconds). An estimate that cannot be made is logged as such; it never stops the run."""
+
+    def __init__(self, domino: DominoConfig, base_model: str, cfg: Any, settings: Mapping[str, Any], launch: Launch):
+        self.plan = None
+        if launch.rank != 0:
+            return
+        from axolotl_domino.estimate import STAGES, plan_run
+
+        actions = stage_plans(domino, base_model, settings)
+        will_run = {stage for stage in STAGES if not (actions.get(stage) or actions["synthesis"]).action.startswith("skip")}
+        try:
+            raw = {key: value for key, value in dict(cfg).items() if value is not None}
+            self.plan = plan_run(domino, base_model, raw, load_references(domino).texts, launch.world_size,
+                                 only=will_run | {"sft"})
+        except Exception as exc:  # noqa: BLE001 - an estimate is advice; the run goes on without it
+            LOG.warning("domino: no time estimates for this run (%s: %s); `axolotl domino plan CONFIG` shows why",
+                        type(exc).__name__, exc)
+
+    def log(self, *stages: str, kept: int | None = None) -> None:
+        """One line for `stages` (run together): their estimated time and the largest peak memory."""
+        if self.plan is None:
+            return
+        found = [self.plan.by_stage[stage] for stage in stages if stage in self.plan.by_stage]
+        if kept is not None and "sft" in stages:
+            found = [self.plan.sft_with(kept)]
+        if not found:
+            return
+        seconds = sum(stage.seconds for stage in found)
+        parts = ", ".join(f"{stage.stage} {duration(stage.seconds)}" for stage in found) if len(found) > 1 else found[0].basis
+        LOG.info("domino: %s: about %s, peak %.2f GiB (the plan's estimate: %s; `axolotl domino plan CONFIG` for all "
+                 "stages)", " + ".join(stage.stage for stage in found), duration(seconds),
+                 max(stage.peak_bytes for stage in found) / 2**30, parts)
 
 
 def _why_lost(counts: dict[str, int]) -> str:

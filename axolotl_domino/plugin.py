@@ -14,8 +14,8 @@ from typing import Any
 
 from axolotl.integrations.base import AdapterCapabilities, BasePlugin
 
-from axolotl_domino.args import DominoConfig, check_in_batch_negatives, refuse_zero3_induction
-from axolotl_domino.errors import user_errors
+from axolotl_domino.args import DominoConfig, check_in_batch_negatives, parse_domino, refuse_zero3_induction
+from axolotl_domino.errors import ConfigError, user_errors
 
 LOG = logging.getLogger("axolotl.integrations.domino")
 
@@ -34,12 +34,19 @@ class DominoPlugin(BasePlugin):
         return "axolotl_domino.args.DominoArgs"
 
     def register(self, cfg: dict[str, Any]) -> None:
-        """Runs on the raw YAML before validation: the only point where defaults can still be changed."""
+        """Runs on the raw YAML before validation: the only point where defaults can still be changed, and the
+        first where a bad `domino:` block or a setting this machine cannot run can be reported as our message."""
+        with user_errors():
+            self._register(cfg)
+
+    def _register(self, cfg: dict[str, Any]) -> None:
         domino = cfg.get("domino")
-        if not domino:
+        if domino is None:
+            _warn_misspelt_block(cfg)
             return
         from axolotl_domino.cpu import apply_cpu_defaults, cuda_available
 
+        parse_domino(domino, str(cfg.get("axolotl_config_path") or "the YAML"))  # before Axolotl's own validation
         _resolve_deepspeed_name(cfg)
         if domino.get("cpu_safe_defaults", True) and not cuda_available():
             apply_cpu_defaults(cfg)
@@ -163,7 +170,19 @@ class DominoPlugin(BasePlugin):
 
 def _domino(cfg: Any) -> DominoConfig:
     """The validated `domino:` block as our model (Axolotl hands it over as a dict)."""
-    return DominoConfig.model_validate(dict(cfg.domino))
+    return parse_domino(cfg.domino)
+
+
+def _warn_misspelt_block(cfg: dict[str, Any]) -> None:
+    """The plugin is listed but there is no `domino:` block: say so when a top-level key looks like a misspelt one,
+    since Axolotl drops unknown keys silently and the run would then train without DOMINO."""
+    import difflib
+
+    keys = {str(key).lower(): key for key in cfg if key != "domino"}
+    close = difflib.get_close_matches("domino", list(keys), n=1, cutoff=0.7)
+    if close:
+        LOG.warning("domino: no `domino:` block, but a top-level key `%s`; did you mean `domino:`? Without the block "
+                    "the plugin does nothing.", keys[close[0]])
 
 
 def _resolve_deepspeed_name(cfg: dict[str, Any]) -> None:
@@ -180,19 +199,19 @@ def _prepare_induction_config(cfg: dict[str, Any]) -> None:
     references = (domino.get("references") or {}).get("path")
     datasets = cfg.get("datasets")
     if datasets and any(d.get("type") != REFERENCES_STRATEGY for d in datasets):
-        raise ValueError(
+        raise ConfigError(
             f"datasets: with adapter: {ADAPTER} the training data are the references in domino.references; "
             "remove the `datasets:` block (the plugin fills it in)."
         )
     cfg["datasets"] = [{"path": references, "type": REFERENCES_STRATEGY}]
     refuse_zero3_induction(cfg.get("deepspeed"), "deepspeed")
     if cfg.get("sample_packing"):
-        raise ValueError(
+        raise ConfigError(
             f"sample_packing: prompt tuning (adapter: {ADAPTER}) cannot pack samples (PEFT drops position ids); "
             "set sample_packing: false."
         )
     if cfg.get("val_set_size"):
-        raise ValueError(f"val_set_size: adapter: {ADAPTER} trains on every reference; set val_set_size: 0.")
+        raise ConfigError(f"val_set_size: adapter: {ADAPTER} trains on every reference; set val_set_size: 0.")
     induction = domino.get("induction") or {}
     contrastive = (induction.get("num_sample_tokens", 256) or 0) > 0 and not induction.get("l1_only")
     check_in_batch_negatives(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from axolotl_domino.args import DominoConfig
+from axolotl_domino.errors import ConfigError
 from axolotl_domino.files import DataFileError, jsonl_bytes, read_field, write_atomic
 from axolotl_domino.layout import Layout
 
@@ -71,8 +72,15 @@ def read_references(path: str | Path, field: str = "text", min_count: int = 1) -
 
 def load_references(domino: DominoConfig) -> References:
     """The references a `domino:` block names, checked against what its induction needs."""
-    refs = domino.references
-    return read_references(refs.path, refs.field, domino.induction.min_references)
+    refs, induction = domino.references, domino.induction
+    references = read_references(refs.path, refs.field, induction.min_references)
+    n = len(references.texts)
+    if not induction.l1_only and induction.negatives == "sampled" and induction.num_negatives > n - 1:
+        raise ConfigError(
+            f"domino.induction.num_negatives: {induction.num_negatives} negatives per anchor, but {refs.path} has "
+            f"{n} distinct references, so each has only {n - 1} others; set num_negatives <= {n - 1}."
+        )
+    return references
 
 
 def chat_turn_header(tokenizer: Any, role: str) -> str:
@@ -82,7 +90,7 @@ def chat_turn_header(tokenizer: Any, role: str) -> str:
     constant in front of every reference, and its EOS would end every generated sample early.
     """
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
+        raise ConfigError(
             "domino.references.format: chat needs a tokenizer with a chat template; this tokenizer has "
             "none. Use format: text, or set Axolotl's `chat_template:`."
         )

@@ -32,8 +32,10 @@ from axolotl_domino.files import (
 from axolotl_domino.filters import apply_filters
 from axolotl_domino.generate import PrefixSampler
 from axolotl_domino.cpu import precision_reason, use_cpu_bf16
+from axolotl_domino.errors import ConfigError
 from axolotl_domino.hf import hidden_size, inference_dtype, load_model, rank_device, sample_seed
 from axolotl_domino.induce import METADATA_FILE
+from axolotl_domino.judge import judge_identity
 from axolotl_domino.layout import Layout, SynthesisRun, source_adapter
 from axolotl_domino.publish import DATASET_FILES, check_hub_access, push_folder
 from axolotl_domino.references import load_references, sample_text
@@ -82,13 +84,13 @@ def load_domain_tokens(adapter: Path, hidden: int) -> Tensor:
     """D* from a PEFT prompt-tuning adapter folder, checked against the model's hidden size."""
     weights = adapter / SAFETENSORS_WEIGHTS_NAME
     if not weights.is_file():
-        raise FileNotFoundError(
+        raise ConfigError(
             f"domino.synthesis.adapter: no {SAFETENSORS_WEIGHTS_NAME} in {adapter}; run induction first "
             "(`axolotl train` with adapter: domino_prompt) or point domino.synthesis.adapter at its output_dir."
         )
     domain = load_file(str(weights))["prompt_embeddings"]
     if domain.shape[1] != hidden:
-        raise ValueError(
+        raise ConfigError(
             f"domino.synthesis.adapter: D* in {adapter} has hidden size {domain.shape[1]} but the base model has "
             f"{hidden}; it was induced on another model."
         )
@@ -291,8 +293,9 @@ def _merge(domino, base_model, adapter_sha, run: SynthesisRun, num_shards: int, 
                              "response": answer and answer["response"], "response_finished": answer and answer["finished"]})
     references = load_references(domino).texts
     with _timed("domino: filters"):
+        journal = run.judge_journal(judge_identity(domino.filters.judge, base_model))
         rows, reports = apply_filters(rows, domino.filters, references, base_model=base_model,
-                                      cpu_bf16=use_cpu_bf16(domino.cpu_bf16))
+                                      cpu_bf16=use_cpu_bf16(domino.cpu_bf16), judge_journal=journal)
     counts["removed_by_filters"] = sum(report.removed for report in reports)
     counts["kept"] = len(rows)
     records = [record(domino.dataset.format, row["instruction"], row["response"]) for row in rows]
@@ -328,6 +331,7 @@ def _merge(domino, base_model, adapter_sha, run: SynthesisRun, num_shards: int, 
     if domino.dataset.hf_dataset:
         write_hf_card(run, manifest, domino.dataset.license)
     write_manifest(run, manifest)
+    journal.unlink(missing_ok=True)
     for directory in (run.dir, run.samples, run.responses):
         if directory.exists():
             remove_temporaries(directory)

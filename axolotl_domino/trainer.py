@@ -15,6 +15,7 @@ from axolotl.core.trainers.base import AxolotlTrainer
 from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
+from axolotl_domino.errors import ConfigError
 from axolotl_domino.hf import pad_right, pad_token_id
 from axolotl_domino.loss import sample_negatives
 from axolotl_domino.references import INDEX_FIELD
@@ -66,7 +67,7 @@ class DominoInductionTrainer(AxolotlTrainer, _NoLossPerplexity):
         anchors = inputs[INDEX_FIELD].tolist()
         n, k = len(self._ids_by_index), self._num_sampled_negatives
         if n - 1 < k:
-            raise ValueError(
+            raise ConfigError(
                 f"domino.induction.num_negatives: {k} negatives per anchor but only {n} references; "
                 f"set num_negatives <= {n - 1}."
             )

@@ -10,11 +10,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "axolotl_domino"
 
 # Bottom to top. A module may import only from layers below its own.
 LAYERS = [
-    {"errors", "hf"},
+    {"errors"},
+    {"hf"},
     {"args", "files", "cpu", "loss", "sandbox", "shards", "publish", "tracking", "score.embedder", "score.fidelity",
      "score.report"},
-    {"layout", "embedded", "induce", "generate", "endpoint", "estimate", "score.diversity", "score.memorization", "score.plots"},
-    {"references", "write", "launch", "respond", "generate_vllm", "judge", "score.scorecard"},
+    {"layout", "embedded", "induce", "generate", "endpoint", "probe", "score.diversity", "score.memorization", "score.plots"},
+    {"references", "write", "launch", "respond", "generate_vllm", "judge", "estimate", "score.scorecard"},
     {"trainer", "diagnostics", "filters", "score"},
     {"synthesize"},
     {"child"},

@@ -1,12 +1,18 @@
-"""The `domino:` block validates through Axolotl's own config validation, naming the key on error."""
+"""The `domino:` block validates through Axolotl's own config validation, naming the key on error.
+
+The plugin checks the block first, in `register`, so a bad block is our message (`ConfigError`, shown as
+`domino: error: ...`); these tests run with DOMINO_DEBUG=1 to get the error itself."""
 
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
+from unittest import mock
 
 import pytest
-from pydantic import ValidationError
+
+from axolotl_domino.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 REFS = str(REPO / "data/mbpp/references_train100.jsonl")
@@ -33,7 +39,8 @@ def validate():
 
     def run(overrides: dict):
         cfg = DictDefault(copy.deepcopy({**BASE, **overrides}))
-        prepare_plugins(cfg)
+        with mock.patch.dict(os.environ, {"DOMINO_DEBUG": "1"}):
+            prepare_plugins(cfg)
         return validate_config(cfg)
 
     return run
@@ -77,14 +84,31 @@ def test_no_domino_block_is_a_no_op(validate):
     ],
 )
 def test_invalid_values_name_their_key(validate, block, key):
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(ConfigError) as info:
         validate({"domino": block})
     assert key in str(info.value)
 
 
 def test_missing_reference_file_message_says_the_fix(validate):
-    with pytest.raises(ValidationError, match="does not exist .*Point it at a JSON Lines file"):
+    with pytest.raises(ConfigError, match="does not exist .*Point it at a JSON Lines file"):
         validate({"domino": {"references": {"path": "nowhere/refs.jsonl"}}})
+
+
+def test_a_bad_block_under_axolotl_is_one_message_with_the_closest_key_and_exit_status_1(monkeypatch):
+    """What `axolotl train` shows: `register` is the first hook; its error is our message, not a traceback."""
+    from axolotl.cli.config import prepare_plugins
+    from axolotl.utils.dict import DictDefault
+
+    monkeypatch.delenv("DOMINO_DEBUG", raising=False)
+    block = {"references": {"path": REFS}, "induction": {"num_domian_tokens": 8, "init": "rand"}, "num_sample_tokens": 4}
+    with pytest.raises(SystemExit) as exit_:
+        prepare_plugins(DictDefault(copy.deepcopy({**BASE, "domino": block})))
+    message = str(exit_.value.code)
+    assert message.startswith("domino: error: the domino: block in the YAML has 3 problems:")
+    assert "domino.induction.num_domian_tokens: unknown key; did you mean num_domain_tokens?" in message
+    assert "domino.induction.init: given 'rand'; input should be 'random' or 'text'" in message
+    assert "domino.num_sample_tokens: unknown key; did you mean domino.induction.num_sample_tokens" in message
+    assert "Traceback" not in message and "Extra inputs are not permitted" not in message
 
 
 def test_zero_sample_tokens_means_plain_prompt_tuning(validate):

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from axolotl.utils.dict import DictDefault
 
+from axolotl_domino.errors import ConfigError
 from axolotl_domino.args import DominoConfig, ResponsesConfig
 from axolotl_domino.endpoint import EndpointError
 from axolotl_domino.files import DataFileError
@@ -193,7 +194,7 @@ def test_preflight_names_the_key_and_the_fix(tmp_path, tiny_model_dir):
         preflight(config(k=300), str(tiny_model_dir))
     with pytest.raises(StageError, match="domino.output_dir: cannot write"):
         preflight(config(output_dir=str(tmp_path / "refs.jsonl" / "out")), str(tiny_model_dir))  # under a file
-    with pytest.raises(StageError, match="domino.induction.axolotl.deepspeed: ZeRO-3 partitions"):
+    with pytest.raises(ConfigError, match="domino.induction.axolotl.deepspeed: ZeRO-3 partitions"):
         zero3 = config()
         zero3.induction.axolotl = {"deepspeed": "zero3"}
         preflight(zero3, str(tiny_model_dir))

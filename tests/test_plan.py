@@ -11,7 +11,10 @@ from click.testing import CliRunner
 
 from axolotl_domino.args import DominoConfig
 from axolotl_domino.cli import domino
-from axolotl_domino.estimate import Hardware, ModelShape, estimate, model_shape
+from axolotl_domino.estimate import (
+    CHILD_START_S, DECODE_BANDWIDTH_EFFICIENCY, TRAIN_EFFICIENCY, ModelShape, NominalSpeeds, RunFacts, estimate,
+    generation_seconds, model_shape,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,29 +57,102 @@ def test_a_fresh_run_plans_every_stage_and_writes_nothing(tiny_model_dir, tmp_pa
     assert not out.exists()
 
 
-def test_estimates_follow_the_stated_formulas():
+def test_nominal_hardware_prices_training_by_flops_and_decoding_by_bytes():
     shape = ModelShape(params=10**9, layers=10, hidden=1000, vocab=1000, kv_dim=100)
-    hw = Hardware("cuda", 1e12, 2, "test")
+    speeds = NominalSpeeds(shape, tflops=1.0, bandwidth_gbs=100.0)
     domino = DominoConfig.model_validate({
         "references": {"path": str(REPO / "data/mbpp/references_train100.jsonl")},
         "induction": {"num_domain_tokens": 8, "num_sample_tokens": 8, "micro_batch_size": 2, "num_epochs": 1,
                       "eval_steps": 0},
-        "synthesis": {"num_samples": 100, "max_new_tokens": 50},
+        "synthesis": {"num_samples": 100, "max_new_tokens": 50, "batch_size": 100},
         "score": {"enabled": False},
     })
-    stages = {s.stage: s for s in estimate(domino, {}, shape, [9, 11, 10, 10], hw)}
-    from axolotl_domino.estimate import EFFICIENCY, START_UP_S, TRAIN_EFFICIENCY
-
-    # 2 steps of 2 x (8 + 8) prefix tokens + 2 x 2 candidates x 10 tokens = 72 tokens, 4N FLOPs each
-    assert stages["induction"].seconds == pytest.approx(2 * 72 * 4e9 / (1e12 * TRAIN_EFFICIENCY) + START_UP_S["cuda"])
-    # 100 samples x (8 + 50) tokens x 2N
-    assert stages["synthesis"].seconds == pytest.approx(100 * 58 * 2e9 / (1e12 * EFFICIENCY) + START_UP_S["cuda"])
+    stages = {s.stage: s for s in estimate(domino, {}, shape, RunFacts([10, 10, 10, 10]), speeds)}
+    # 2 steps of 8 (D) + 2 x 10 (L1) + 2 x 8 (S) + 2 anchors x 2 candidates x 10 (L2) = 84 tokens, 4N FLOPs each
+    assert stages["induction"].seconds == pytest.approx(2 * 84 * 4e9 / (1e12 * TRAIN_EFFICIENCY) + CHILD_START_S["cuda"])
+    # One batch of 100: 50 steps that each read the weights (2 GB) and the cache, at 13% of 100 GB/s.
+    step = lambda batch, context: (2e9 + batch * context * 10 * 2 * 100 * 2) / (100e9 * DECODE_BANDWIDTH_EFFICIENCY["hf"])
+    assert speeds.decode_step(100, 8, 1.0) == pytest.approx(step(100, 8))
+    # Rows end after 10 tokens (the references' length): 50 steps of the fixed cost, 10 of each row's.
+    rows = 100 * 10 * (step(2, 8) - step(1, 8)) + 100 * 10 * 5 * (step(1, 9) - step(1, 8))
+    assert stages["synthesis"].seconds == pytest.approx(50 * step(0, 0) + rows + CHILD_START_S["cuda"])
     assert "responses" not in stages and "sft" not in stages and "scorecard" not in stages
+
+
+class _LinearDecode:
+    """A decode step of known cost: fixed + batch x (row + context x per_context)."""
+
+    device = "cpu"
+
+    def decode_step(self, batch, context, temperature, backend="hf"):
+        return 0.5 + batch * (0.01 + context * 0.001)
+
+    def forward(self, rows, length, every_position=False):
+        return rows * length * 1e-4
+
+
+def test_generation_cost_is_cap_steps_of_the_fixed_cost_and_each_rows_expected_tokens():
+    seconds = generation_seconds(_LinearDecode(), rows=20, batch=10, context=30, cap=100, expected=12,
+                                 temperature=1.0, prompt=30)
+    rows = 20 * 12 * (0.01 + 0.001 * (30 + 12 / 2))  # each row's tokens at its average context
+    assert seconds == pytest.approx(2 * 100 * 0.5 + rows + 2 * 10 * 30 * 1e-4)
+
+
+def test_the_probe_extrapolates_a_slice_to_the_whole_model_in_layers(monkeypatch):
+    """A run of the slice that costs 0.2 s + 0.1 s a layer (on a fake clock) is priced 0.2 + 30 x 0.1 s."""
+    from transformers import LlamaConfig
+
+    from axolotl_domino import probe
+
+    clock = [0.0]
+    monkeypatch.setattr(probe.time, "perf_counter", lambda: clock[0])
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=30,
+                         num_attention_heads=2, num_key_value_heads=1)
+    slice_ = probe.Probe(config, torch.device("cpu"), torch.float32)
+    assert len(slice_.model.get_decoder().layers) == probe.PROBE_LAYERS and slice_.layers == 30
+
+    def prepare(model):
+        layers = len(model.get_decoder().layers)
+        assert model.config.num_hidden_layers == layers
+        return lambda: clock.__setitem__(0, clock[0] + 0.2 + 0.1 * layers)
+
+    assert slice_._time(prepare) == pytest.approx(0.2 + 30 * 0.1)
+    assert len(slice_.model.get_decoder().layers) == probe.PROBE_LAYERS  # restored
+
+
+def test_the_probe_times_the_stages_real_code_on_a_tiny_model(tiny_model_dir):
+    from axolotl_domino import probe
+    from axolotl_domino.estimate import model_config
+
+    slice_ = probe.Probe(model_config(str(tiny_model_dir)), torch.device("cpu"), torch.float32)
+    times = [slice_.induction_step(2, 2, 2, 0, 5, True), slice_.induction_step(2, 2, 2, 4, 5, True),
+             slice_.decode_step(4, 8, 1.0), slice_.forward(4, 8), slice_.forward(4, 8, every_position=True),
+             slice_.sft_step(2, 8, probe.LoraSpec(dropout=0.05), checkpointing=False),
+             slice_.sft_step(2, 8, None, checkpointing=True)]
+    assert all(t > 0 for t in times)
+
+
+@pytest.mark.parametrize("raw", [{}, {"bf16": True}, {"bf16": False}, {"bf16": "auto"}, {"domino": {"cpu_bf16": False}},
+                                 {"domino": {"cpu_bf16": True}, "bf16": False}])
+@pytest.mark.parametrize("units", [[], ["avx512_bf16"]])
+def test_the_plan_prices_a_cpu_in_the_precision_the_run_resolves(raw, units, monkeypatch):
+    """The planner's precision is `apply_cpu_defaults`'s: bf16 training exactly when the resolved YAML says
+    bf16, bf16 inference weights exactly when `domino.cpu_bf16` resolves to bf16."""
+    from axolotl_domino import cpu, estimate as planner
+
+    monkeypatch.setattr(planner, "cpu_bf16_units", lambda: units)
+    precision = planner.Precision.of(raw, "cpu")
+    resolved = {**raw, "domino": raw.get("domino", {})}
+    cpu.apply_cpu_defaults(resolved, units)
+    assert precision.train_bf16 == (resolved["bf16"] is True)
+    assert precision.infer_bf16 == cpu.use_cpu_bf16(raw.get("domino", {}).get("cpu_bf16", "auto"), units)
 
 
 def test_the_parameter_count_comes_from_the_config_alone(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
+    from axolotl_domino.estimate import model_config
+
     real = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters())
-    assert model_shape(str(tiny_model_dir)).params == real
+    assert model_shape(model_config(str(tiny_model_dir))).params == real
     assert torch.empty(0).device.type == "cpu"  # the meta device did not leak out as the default

@@ -172,6 +172,17 @@ if kill.startswith("answers:"):  # kill -9 right after the n-th batch of answers
             os.kill(os.getpid(), signal.SIGKILL)
 
     stage.append_jsonl = append_jsonl
+elif kill.startswith("verdicts:"):  # kill -9 right after the n-th batch of the judge's verdicts reached its journal
+    from axolotl_domino import judge
+    appended = []
+
+    def append_jsonl(path, rows):
+        files.append_jsonl(path, rows)
+        appended.append(path)
+        if len(appended) == int(kill.split(":")[1]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    judge.append_jsonl = append_jsonl
 elif kill:  # "<n>:before" or "<n>:after": kill -9 at this run's n-th sample shard, before or after its rename
     n, when = int(kill.split(":")[0]), kill.split(":")[1]
     shards = []
@@ -260,6 +271,45 @@ def test_a_run_killed_while_answering_asks_only_the_unanswered_samples_and_gives
     assert sorted(asked) == sorted(text for index, text in samples.items() if index not in answered)
     assert resumed.dataset.read_bytes() == reference.dataset.read_bytes()
     assert not journal.exists()
+
+
+def test_a_merge_killed_while_judging_asks_the_judge_only_about_the_rest_and_gives_the_same_dataset(
+    tiny_model_dir, adapter, tmp_path, monkeypatch
+):
+    """The judge (the tiny base model, greedy) rates 8 instructions, 2 a batch; kill -9 after its second batch.
+    The rerun asks it about the 4 instructions without a journaled verdict, and the dataset, manifest counts
+    included, equals an uninterrupted run's; the journal is gone. With every verdict journaled, no judge loads."""
+    from axolotl_domino import filters
+    from axolotl_domino.judge import LocalJudge
+
+    settings = {
+        "synthesis": {"num_samples": 8, "shard_size": 8, "keep_unfinished": True},
+        "filters": {"judge": {"enabled": True, "batch_size": 2, "max_new_tokens": 4, "keep_unparsable": True}},
+    }
+    reference = synthesize(DominoConfig.model_validate(_config(tmp_path / "a", adapter, **settings)), str(tiny_model_dir), 0, 1)
+    config = _config(tmp_path / "b", adapter, **settings)
+    proc = _run(config, tiny_model_dir, kill="verdicts:2")
+    assert proc.wait(timeout=300) == -9, proc.stderr.read().decode()[-3000:]
+    (journal,) = (Path(config["output_dir"]) / "synthesis").glob("*/judge-*.jsonl.partial")
+    assert len(read_jsonl(journal)) == 4 and not list(journal.parent.glob(MANIFEST_FILE))
+
+    asked: list[str] = []
+    call = LocalJudge.__call__
+    monkeypatch.setattr(LocalJudge, "__call__", lambda self, conversations: asked.extend(
+        c[0]["content"] for c in conversations) or call(self, conversations))
+    resumed = synthesize(DominoConfig.model_validate(config), str(tiny_model_dir), rank=0, world_size=1)
+    assert len(asked) == 4 and all("<task>" in prompt for prompt in asked)
+    assert resumed.dataset.read_bytes() == reference.dataset.read_bytes()
+    assert resumed.manifest["filters"] == reference.manifest["filters"]
+    assert not journal.exists()
+
+    # Every verdict journaled (a kill after the last batch): the merge runs without loading a judge.
+    rerun = _config(tmp_path / "c", adapter, **settings)
+    proc = _run(rerun, tiny_model_dir, kill="verdicts:4")
+    assert proc.wait(timeout=300) == -9, proc.stderr.read().decode()[-3000:]
+    monkeypatch.setattr(filters, "load_judge", lambda *args: pytest.fail("the judge was loaded"))
+    again = synthesize(DominoConfig.model_validate(rerun), str(tiny_model_dir), rank=0, world_size=1)
+    assert again.dataset.read_bytes() == reference.dataset.read_bytes()
 
 
 def test_two_gloo_ranks_merge_to_the_single_rank_dataset(tiny_model_dir, adapter, tmp_path):
