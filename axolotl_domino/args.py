@@ -274,6 +274,13 @@ class SynthesisConfig(_Block):
         description="Fewer kept samples (after unfinished, empty and filtered ones are dropped) stop the run before "
         "SFT with the counts and the fix; below half of num_samples is a warning either way.",
     )
+    decode: Literal["auto", "dynamic", "static"] = Field(
+        default="auto",
+        description="How the HF backend decodes (sampler, responder, judge): `static`, a preallocated key/value cache "
+        "and the one-token step compiled once (a CUDA graph on a GPU; static_decode.py); `dynamic`, a cache that grows "
+        "and rows that leave the batch as they end (hf.decode, the fast path on a CPU); `auto`: static on a GPU, dynamic "
+        "on a CPU. Not part of the stage's key: the same samples up to float rounding.",
+    )
     tensor_parallel_size: int = Field(default=1, ge=1, description="vLLM tensor parallelism.")
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0, description="vLLM memory share.")
 

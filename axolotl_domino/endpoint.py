@@ -1,6 +1,6 @@
 """Replies from an OpenAI-compatible chat server the user already runs (vLLM, TGI, llama.cpp, `transformers serve`).
 
-`EndpointChat` keeps the contract of `hf.ChatGenerator` (conversations in, one `Reply` per conversation, in
+`EndpointChat` keeps the contract of `chat.ChatGenerator` (conversations in, one `Reply` per conversation, in
 order), so the responder and the judge do not know which one answers them. The `openai` client does the
 HTTP, the retries with exponential backoff (connection errors, timeouts, 429 and 5xx) and the timeouts;
 this module adds the concurrency and turns a failure into a message naming the key and the fix.
@@ -12,11 +12,12 @@ import logging
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from axolotl_domino.args import EndpointConfig
 from axolotl_domino.errors import DominoError
-from axolotl_domino.hf import ChatGenerator, Conversation, Reply
+from axolotl_domino.hf import Conversation, Reply
 
 LOG = logging.getLogger("axolotl.integrations.domino.endpoint")
 
@@ -51,7 +52,14 @@ def check_endpoint(settings: EndpointConfig, key: str) -> None:
                     key, settings.base_url, exc.strerror or exc)
 
 
-def requests_per_call(endpoint: EndpointConfig | None, batch_size: int | None, local: ChatGenerator | None,
+class LocalChat(Protocol):
+    """What the batch size of a local chat model (`chat.ChatGenerator`) is read from."""
+
+    def auto_batch_size(self, max_new_tokens: int, prompt_tokens: int) -> int: ...
+    def prompt_tokens(self, conversations: list[Conversation]) -> int: ...
+
+
+def requests_per_call(endpoint: EndpointConfig | None, batch_size: int | None, local: LocalChat | None,
                       max_new_tokens: int, conversations: list[Conversation]) -> int:
     """Conversations handed over per call: `concurrency` for a server (all in flight at once), else the local
     model's batch: `batch_size` as set, else what fits in memory for the longest of `conversations` (`local`),

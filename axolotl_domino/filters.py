@@ -69,14 +69,15 @@ def apply_filters(
     base_model: str | None = None,
     cpu_bf16: bool = False,
     judge_journal: Path | None = None,
+    decode: str = "auto",
 ) -> tuple[list[dict[str, Any]], list[FilterReport]]:
     """The rows every enabled filter keeps, in their original order, and one report per enabled filter.
 
     `references` are the reference texts (for novelty). The judge filter uses `judge` when given,
-    else loads `settings.judge.model`, else `base_model` (in bf16 on a CPU when `cpu_bf16`), and only when
-    `judge_journal` lacks a reply it needs.
+    else loads `settings.judge.model`, else `base_model` (in bf16 on a CPU when `cpu_bf16`, decoding as `decode`
+    says), and only when `judge_journal` lacks a reply it needs.
     """
-    get_judge = (lambda: judge) if judge is not None else cache(lambda: load_judge(settings.judge, base_model, cpu_bf16))
+    get_judge = (lambda: judge) if judge is not None else cache(lambda: load_judge(settings.judge, base_model, cpu_bf16, decode))
     kept_flags = {UNPARSABLE} if settings.judge.keep_unparsable else set()
     checks: dict[str, Callable[[list[dict[str, Any]]], list[str | None]]] = {
         "syntax": partial(syntax_reasons, settings=settings.syntax),

@@ -1,7 +1,8 @@
 """The generator: sample new domain text from D* alone (the prompt is the k domain vectors, nothing else).
 
 `PrefixSampler` is the Hugging Face backend: D is run once, its key/value cache is copied into
-every batch, and each sequence then decodes token by token. Sample i draws from its own random
+every batch, and each sequence then decodes token by token: on `hf.decode` (rows leave the batch as they end: the
+CPU path) or on `static_decode.StaticDecoder` (a preallocated cache and a compiled step: the GPU path). Sample i draws from its own random
 stream seeded by (seed, i), so which batch, shard or rank produces it does not change what is
 drawn; the work is split into fixed shards of indices for resumption and for ranks
 (`shards.py`). `generate_vllm.py` is the same generator on vLLM.
@@ -19,7 +20,10 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
 from axolotl_domino.args import SynthesisConfig
-from axolotl_domino.hf import auto_batch_size, decode, last_logits, row_generators, stop_token_ids, warpers
+from axolotl_domino.hf import (
+    AUTO_BATCH_LIMIT, auto_batch_size, decode, last_logits, row_seeds, static_decoding, stop_token_ids, warpers,
+)
+from axolotl_domino.static_decode import STATIC_BATCH_LIMIT, StaticDecoder
 
 
 @dataclass
@@ -42,7 +46,15 @@ class PrefixSampler:
         self.prefix_logits = logits.float()  # [1, V]
         self.prefix_len = embeds.shape[1]
         self.processors = warpers(settings.temperature, settings.top_k, settings.top_p, settings.repetition_penalty)
-        self.batch_size = settings.batch_size or auto_batch_size(model, self.prefix_len, settings.max_new_tokens)
+        self.static: StaticDecoder | None = None
+        if static_decoding(settings.decode, self.prefix_logits.device):  # one cache and one compiled step for all batches
+            self.batch_size = settings.batch_size or auto_batch_size(model, self.prefix_len, settings.max_new_tokens,
+                                                                     STATIC_BATCH_LIMIT, static=True)
+            self.static = StaticDecoder(model, self.batch_size, self.prefix_len + settings.max_new_tokens,
+                                        settings.temperature, settings.top_k, settings.top_p, settings.repetition_penalty)
+        else:
+            self.batch_size = settings.batch_size or auto_batch_size(model, self.prefix_len, settings.max_new_tokens,
+                                                                     AUTO_BATCH_LIMIT)
 
     def _hit_stop_string(self, tokens: list[int]) -> bool:
         tail = self.tokenizer.decode(tokens[-32:], skip_special_tokens=False)
@@ -52,14 +64,20 @@ class PrefixSampler:
     def sample(self, indices: list[int]) -> list[Sample]:
         """One batch: the samples with these indices, each from its own random stream."""
         b, settings = len(indices), self.settings
+        seeds = row_seeds(settings.seed, indices, self.prefix_logits.device) if settings.temperature > 0 else None
+        hit_stop = self._hit_stop_string if self.stop else None
+        if self.static is not None:
+            self.static.fill_prefix(self.prefix_kv)
+            tokens, finished = self.static.decode(self.prefix_logits.expand(b, -1), self.prefix_len, settings.max_new_tokens,
+                                                  self.eos, seeds, hit_stop=hit_stop)
+            return [Sample(index=i, token_ids=t, finished=f) for i, t, f in zip(indices, tokens, finished)]
         cache = DynamicCache(
             ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in self.prefix_kv],
             config=self.model.config,
         )
         tokens, finished = decode(
-            self.model, cache, self.prefix_logits.expand(b, -1), settings.max_new_tokens, self.eos, self.processors,
-            row_generators(settings.seed, indices) if settings.temperature > 0 else None,
-            hit_stop=self._hit_stop_string if self.stop else None,
+            self.model, cache, self.prefix_logits.expand(b, -1), settings.max_new_tokens, self.eos, self.processors, seeds,
+            hit_stop=hit_stop,
         )
         return [Sample(index=i, token_ids=t, finished=f) for i, t, f in zip(indices, tokens, finished)]
 

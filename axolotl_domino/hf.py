@@ -1,10 +1,11 @@
-"""Hugging Face plumbing every model user shares: loading for a device, stop and pad ids, padding,
-the decoding loop, and one batched chat generator (the responder and the judge are both "a chat model
-answering turns").
+"""Hugging Face plumbing every model user shares: loading for a device, stop and pad ids, padding, each row's
+random stream, and the dynamic decoding loop.
 
-`decode` is the loop of both generators (`generate.PrefixSampler` for samples from D*, `ChatGenerator`
+`decode` is the CPU loop of both generators (`generate.PrefixSampler` for samples from D*, `chat.ChatGenerator`
 for answers and verdicts): a row leaves the batch, and its key/value cache, as soon as it ends, so
-one long answer does not keep a whole batch decoding padding, and a big batch costs what its rows need.
+one long answer does not keep a whole batch decoding padding, and a big batch costs what its rows need. On a GPU
+they use the static loop of `static_decode.py` instead (`static_decoding`). Both draw each row's tokens from its
+own counter-based stream (`row_uniforms`), so a sample does not depend on its batch.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from axolotl_domino.errors import ConfigError
 
 
 def rank_device() -> torch.device:
@@ -126,11 +126,11 @@ AUTO_BATCH_LIMIT = 128
 
 
 def auto_batch_size(model: PreTrainedModel, prefix_len: int, max_new_tokens: int, limit: int = AUTO_BATCH_LIMIT,
-                    prefill: bool = False) -> int:
+                    prefill: bool = False, static: bool = False) -> int:
     """Sequences per batch that fit in half the free memory of the model's device (`fitting_batch`)."""
     parameter = next(model.parameters())
     return fitting_batch(model.config, parameter.element_size(), free_memory(parameter.device), prefix_len,
-                         max_new_tokens, limit, prefill)
+                         max_new_tokens, limit, prefill, static)
 
 
 def free_memory(device: torch.device) -> int:
@@ -143,17 +143,20 @@ def free_memory(device: torch.device) -> int:
 
 
 def fitting_batch(config: Any, itemsize: int, free: int, prefix_len: int, max_new_tokens: int,
-                  limit: int = AUTO_BATCH_LIMIT, prefill: bool = False) -> int:
+                  limit: int = AUTO_BATCH_LIMIT, prefill: bool = False, static: bool = False) -> int:
     """Sequences per batch that fit in half of `free` bytes (key/value cache + logits per sequence), for a model
     of `config` with weights of `itemsize` bytes (the planner asks it too, with no model loaded).
 
     `prefill`: each sequence's `prefix_len` prompt tokens run in the batch (chat prompts, not a shared prefix
-    run once), so one layer's attention scores (float32 in eager attention) and MLP activations count too."""
+    run once), so one layer's attention scores (float32 in eager attention) and MLP activations count too. `static`:
+    the cache is allocated once at full length (no copies while it grows) and a seen-token mask is kept per row."""
     config = config.get_text_config()
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_bytes = 2 * config.num_hidden_layers * heads * head_dim * (prefix_len + max_new_tokens) * itemsize
-    per_sequence = 2 * kv_bytes + 4 * config.vocab_size * 4  # cat() copies during growth; float32 logits
+    per_sequence = (1 if static else 2) * kv_bytes + 4 * config.vocab_size * 4  # cat() copies while it grows; logits
+    if static:
+        per_sequence += config.vocab_size  # the seen-token mask
     if prefill:
         intermediate = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
         per_sequence += config.num_attention_heads * prefix_len**2 * 4 + 3 * prefix_len * intermediate * itemsize
@@ -165,9 +168,38 @@ def sample_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] % (2**63))
 
 
-def row_generators(seed: int, indices: list[int]) -> list[torch.Generator]:
-    """One random stream per row, seeded by (seed, index)."""
-    return [torch.Generator().manual_seed(sample_seed(seed, i)) for i in indices]
+def row_seeds(seed: int, indices: list[int], device: torch.device | str = "cpu") -> Tensor:
+    """Each row's stream seed, (seed, index) -> `sample_seed`, as an int64 tensor on `device` ([rows])."""
+    return torch.tensor([sample_seed(seed, i) for i in indices], dtype=torch.int64, device=device)
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: Tensor, constant: int) -> Tensor:
+    """(x * constant) mod 2**32 for x in [0, 2**32) held in int64, without overflowing int64: the constant's
+    halves are multiplied separately (products < 2**48)."""
+    low = x * (constant & 0xFFFF)
+    high = ((x * (constant >> 16)) & 0xFFFF) << 16
+    return (low + high) & _MASK32
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash with full avalanche (Wellons' lowbias32), on int64 tensors holding 32-bit values."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def row_uniforms(seeds: Tensor, step: int | Tensor) -> Tensor:
+    """One uniform draw in [0, 1) per row, a function of (the row's seed, `step`) alone: counter-based, so a row draws
+    the same numbers whatever batch it is in, and all rows draw in a few element-wise kernels on their device (no
+    generator per row, no copy from the host). 24 bits, exact in float32."""
+    step = torch.as_tensor(step, dtype=torch.int64, device=seeds.device) & _MASK32
+    x = _mix32(_mix32(_mix32(step ^ 0x9E3779B9) ^ (seeds >> 32) & _MASK32) ^ (seeds & _MASK32))
+    return (x >> 8).to(torch.float32) / float(1 << 24)
 
 
 def warpers(temperature: float, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0) -> LogitsProcessorList:
@@ -182,13 +214,12 @@ def warpers(temperature: float, top_k: int = 0, top_p: float = 1.0, repetition_p
     return LogitsProcessorList(processors)
 
 
-def pick(scores: Tensor, generators: list[torch.Generator] | None) -> Tensor:
-    """Greedy (no generators), or one inverse-CDF draw per row from that row's own generator (vectorised)."""
-    if generators is None:
+def pick(scores: Tensor, seeds: Tensor | None, step: int | Tensor = 0) -> Tensor:
+    """Greedy (no seeds), or one inverse-CDF draw per row from its own stream: `row_uniforms(seeds, step)`."""
+    if seeds is None:
         return scores.argmax(dim=-1)
-    cdf = torch.softmax(scores, dim=-1).cumsum(dim=-1)
-    uniforms = torch.cat([torch.rand(1, generator=g) for g in generators]).to(cdf.device)
-    picked = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None]).squeeze(1)
+    cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1)
+    picked = torch.searchsorted(cdf, (row_uniforms(seeds, step) * cdf[:, -1])[:, None]).squeeze(1)
     return picked.clamp(max=scores.shape[-1] - 1)
 
 
@@ -200,15 +231,16 @@ def decode(
     max_new_tokens: int,
     stop_ids: set[int],
     processors: LogitsProcessorList,
-    generators: list[torch.Generator] | None = None,
+    seeds: Tensor | None = None,
     attention_mask: Tensor | None = None,
     hit_stop: Callable[[list[int]], bool] | None = None,
 ) -> tuple[list[list[int]], list[bool]]:
     """Decode a batch whose prompts are in `cache` (`logits`: each row's next-token logits, [b, V]).
 
     Returns per row the tokens before the first stop id, and whether it stopped (a stop id, or
-    `hit_stop(tokens)`) rather than reaching `max_new_tokens`. `generators`: one per row, or None for
-    greedy. `attention_mask` [b, prompt length]: left-padded prompts (None: every row's prompt is whole).
+    `hit_stop(tokens)`) rather than reaching `max_new_tokens`. `seeds`: each row's stream (`row_seeds`) on the
+    logits' device, or None for greedy. `attention_mask` [b, prompt length]: left-padded prompts (None: every
+    row's prompt is whole).
     """
     b, device = logits.shape[0], logits.device
     tokens: list[list[int]] = [[] for _ in range(b)]
@@ -217,7 +249,7 @@ def decode(
     history = torch.empty(b, 0, dtype=torch.long, device=device)
     for step in range(max_new_tokens):
         scores = processors(history, logits)
-        chosen = pick(scores, None if generators is None else [generators[r] for r in active]).to(device)
+        chosen = pick(scores, seeds, step)
         history = torch.cat([history, chosen[:, None]], dim=1)
         for row, token in zip(active, chosen.tolist()):
             if token in stop_ids:
@@ -232,6 +264,7 @@ def decode(
             rows = torch.tensor(keep, device=device)
             cache.batch_select_indices(rows)
             chosen, history = chosen[rows], history[rows]
+            seeds = None if seeds is None else seeds[rows]
             attention_mask = None if attention_mask is None else attention_mask[rows]
             active = [active[j] for j in keep]
         step_inputs: dict[str, Tensor] = {}
@@ -243,6 +276,11 @@ def decode(
     return tokens, finished
 
 
+def static_decoding(setting: str, device: torch.device) -> bool:
+    """`synthesis.decode`: the static loop (static_decode.py) when asked, or on a GPU under `auto`."""
+    return setting == "static" or (setting == "auto" and device.type == "cuda")
+
+
 class Reply(NamedTuple):
     text: str  # up to the first stop token, special tokens removed, stripped
     finished: bool  # ended at a stop token (not cut by max_new_tokens)
@@ -251,55 +289,3 @@ class Reply(NamedTuple):
 Conversation = list[dict[str, str]]  # chat turns: {"role", "content"}
 Chat = Callable[..., list[Reply]]
 """(conversations, max_new_tokens, temperature, top_p, seed) -> one `Reply` each: `ChatGenerator` or a server."""
-
-
-class ChatGenerator:
-    """A chat model answering conversations: its chat template, left-padded batches, `decode`.
-
-    `key` is the config key that named the model, for the error when it is not a chat model.
-    """
-
-    def __init__(self, model: PreTrainedModel, tokenizer: Any, key: str):
-        if not getattr(tokenizer, "chat_template", None):
-            raise ConfigError(f"{key}: the model's tokenizer has no chat template; name a chat model in {key}.")
-        self.model, self.tokenizer = model.eval(), tokenizer
-        self.stop = stop_token_ids(model, tokenizer)
-
-    @classmethod
-    def load(cls, name: str, key: str, trust_remote_code: bool = False, cpu_bf16: bool = False) -> ChatGenerator:
-        tokenizer, model = load_model(name, rank_device(), trust_remote_code, cpu_bf16=cpu_bf16)
-        return cls(model, tokenizer, key)
-
-    def auto_batch_size(self, max_new_tokens: int, prompt_tokens: int) -> int:
-        """Conversations per batch that fit in half the free memory, for prompts of up to `prompt_tokens`."""
-        return auto_batch_size(self.model, prompt_tokens, max_new_tokens, prefill=True)
-
-    def prompt_tokens(self, conversations: list[Conversation]) -> int:
-        """The longest of these conversations in tokens, with the chat template's turns."""
-        return max(len(self.tokenizer.apply_chat_template(turns, add_generation_prompt=True)) for turns in conversations)
-
-    @torch.no_grad()
-    def __call__(
-        self,
-        conversations: list[Conversation],
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int = 0,
-    ) -> list[Reply]:
-        """One reply per conversation; `temperature` 0 is greedy, else row r samples from stream (seed, r)."""
-        prompts = [
-            self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
-            for turns in conversations
-        ]
-        batch = self.tokenizer(
-            prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
-        ).to(self.model.device)
-        mask = batch["attention_mask"]
-        logits, cache = last_logits(self.model, input_ids=batch["input_ids"], attention_mask=mask, use_cache=True,
-                                    position_ids=(mask.cumsum(1) - 1).clamp(min=0),
-                                    past_key_values=DynamicCache(config=self.model.config))
-        generators = row_generators(seed, list(range(len(prompts)))) if temperature > 0 else None
-        rows, finished = decode(self.model, cache, logits.float(), max_new_tokens, self.stop,
-                                warpers(temperature, top_p=top_p), generators, attention_mask=mask)
-        return [Reply(self.tokenizer.decode(row, skip_special_tokens=True).strip(), done) for row, done in zip(rows, finished)]

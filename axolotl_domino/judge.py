@@ -23,7 +23,8 @@ from axolotl_domino.args import INSTRUCTION_LEVELS, RESPONSE_LEVELS, JudgeFilter
 from axolotl_domino.endpoint import EndpointChat, requests_per_call
 from axolotl_domino.errors import ConfigError
 from axolotl_domino.files import append_jsonl, digest, recover_journal
-from axolotl_domino.hf import ChatGenerator, Conversation
+from axolotl_domino.chat import ChatGenerator
+from axolotl_domino.hf import Conversation
 
 LOG = logging.getLogger("axolotl.integrations.domino.judge")
 
@@ -162,7 +163,7 @@ class _Rater:
                 progress.update(len(rows))
 
 
-def load_judge(settings: JudgeFilterConfig, base_model: str | None, cpu_bf16: bool = False) -> Judge:
+def load_judge(settings: JudgeFilterConfig, base_model: str | None, cpu_bf16: bool = False, decode: str = "auto") -> Judge:
     """The server named by `settings.endpoint`, else `settings.model` (else the base model), as a greedy `Judge`."""
     if settings.endpoint is not None:
         LOG.info("domino: the judge is %s at %s", settings.endpoint.model, settings.endpoint.base_url)
@@ -172,5 +173,5 @@ def load_judge(settings: JudgeFilterConfig, base_model: str | None, cpu_bf16: bo
     if name is None:
         raise ConfigError("domino.filters.judge.model: no judge model; set it, or pass the base model to apply_filters.")
     LOG.info("domino: loading the judge %s", name)
-    return LocalJudge(ChatGenerator.load(name, "domino.filters.judge.model", settings.trust_remote_code, cpu_bf16),
+    return LocalJudge(ChatGenerator.load(name, "domino.filters.judge.model", settings.trust_remote_code, cpu_bf16, decode),
                       settings.max_new_tokens)

@@ -30,11 +30,11 @@ import torch
 from torch import Tensor
 from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 
-from axolotl_domino.hf import decode, last_logits, row_generators, warpers
+from axolotl_domino.hf import decode, last_logits, row_seeds, warpers
 from axolotl_domino.loss import domino_loss, prefix_logprobs
 
 PROBE_LAYERS = 3
-REPEATS = 3
+REPEATS = 2
 DECODE_STEPS = 4  # decode steps per timed run
 
 
@@ -140,9 +140,9 @@ class Probe:
                                                   torch.randn(shape, device=self.device, dtype=self.dtype))
                                                  for _ in range(layers)], config=model.config)
             logits = torch.randn(batch, self.vocab, device=self.device)
-            generators = row_generators(0, list(range(batch))) if temperature > 0 else None
+            seeds = row_seeds(0, list(range(batch)), self.device) if temperature > 0 else None
             # No stop ids: every row decodes DECODE_STEPS forward passes (and one more draw).
-            return lambda: decode(model, cache, logits, DECODE_STEPS + 1, set(), warpers(temperature), generators)
+            return lambda: decode(model, cache, logits, DECODE_STEPS + 1, set(), warpers(temperature), seeds)
 
         with torch.no_grad():
             return self._time(prepare) / DECODE_STEPS

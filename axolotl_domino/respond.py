@@ -14,7 +14,8 @@ from transformers import PreTrainedModel
 
 from axolotl_domino.args import ResponsesConfig
 from axolotl_domino.endpoint import EndpointChat, requests_per_call
-from axolotl_domino.hf import Chat, ChatGenerator, Conversation, Reply, sample_seed
+from axolotl_domino.chat import ChatGenerator
+from axolotl_domino.hf import Chat, Conversation, Reply, sample_seed
 
 
 class Responder:
@@ -22,11 +23,12 @@ class Responder:
         self.generator, self.settings, self._batch_size = chat, settings, batch_size
 
     @classmethod
-    def of(cls, settings: ResponsesConfig, model: PreTrainedModel | None, tokenizer: Any) -> Responder:
-        """The server named by `settings.endpoint`, else `model` (loaded by the caller: it may be the base model)."""
+    def of(cls, settings: ResponsesConfig, model: PreTrainedModel | None, tokenizer: Any, decode: str = "auto") -> Responder:
+        """The server named by `settings.endpoint`, else `model` (loaded by the caller: it may be the base model),
+        decoding as `decode` (`synthesis.decode`) says."""
         if settings.endpoint is not None:
             return cls(EndpointChat(settings.endpoint, "domino.responses.endpoint"), settings)
-        return cls(ChatGenerator(model, tokenizer, "domino.responses.model"), settings)
+        return cls(ChatGenerator(model, tokenizer, "domino.responses.model", decode), settings)
 
     def batch_size(self, instructions: list[str]) -> int:
         """Instructions per call: as given (a vLLM engine takes a whole shard), `concurrency` requests in flight

@@ -60,7 +60,7 @@ def run_key(domino: DominoConfig, base_model: str, adapter_sha256: str) -> str:
     keeps its shards; the manifest records the dtype), and setting it reruns the stage. Keyed only when set,
     so keys from before it existed stay valid."""
     inputs = {
-        "synthesis": domino.synthesis.model_dump(exclude={"adapter", "batch_size", "min_kept"}),
+        "synthesis": domino.synthesis.model_dump(exclude={"adapter", "batch_size", "min_kept", "decode"}),
         "responses": _responder_key(domino),
         "reference_format": [domino.references.format, domino.references.chat_role],
         "base_model": base_model,
@@ -226,7 +226,7 @@ def _respond_shards(domino, base_model, model, tokenizer, shards, todo, run: Syn
     else:
         if settings.endpoint is None and (name != base_model or model is None):  # base weights not loaded yet
             tokenizer, model = load_model(name, rank_device(), trust, cpu_bf16=use_cpu_bf16(domino.cpu_bf16))
-        responder = Responder.of(settings, model, tokenizer)
+        responder = Responder.of(settings, model, tokenizer, domino.synthesis.decode)
     total = sum(len(shards[s]) for s in todo)
     with tqdm(total=total, desc=f"domino: answering samples (rank {rank})", unit="sample") as progress:
         for s in todo:
@@ -295,7 +295,8 @@ def _merge(domino, base_model, adapter_sha, run: SynthesisRun, num_shards: int, 
     with _timed("domino: filters"):
         journal = run.judge_journal(judge_identity(domino.filters.judge, base_model))
         rows, reports = apply_filters(rows, domino.filters, references, base_model=base_model,
-                                      cpu_bf16=use_cpu_bf16(domino.cpu_bf16), judge_journal=journal)
+                                      cpu_bf16=use_cpu_bf16(domino.cpu_bf16), judge_journal=journal,
+                                      decode=domino.synthesis.decode)
     counts["removed_by_filters"] = sum(report.removed for report in reports)
     counts["kept"] = len(rows)
     records = [record(domino.dataset.format, row["instruction"], row["response"]) for row in rows]

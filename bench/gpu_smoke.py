@@ -8,6 +8,12 @@ to outputs/gpu_smoke/<check>.log. A check whose requirement is missing (flash-at
 GPU for torchrun) is SKIP with the reason. Exit status 1 if any check failed.
 
 What each check asserts is in its `expect` (a file that must exist, or text the output must contain).
+
+`--random-weights` runs the whole suite on a node that has no model weights and no network (the offline GPU node
+of ../shared/offline-gpu/README.md): the prepared model folder needs only its config and tokenizer files, into
+which random weights are written; a tiny random sentence-transformers embedder stands in for MiniLM; and every
+check keeps unfinished samples and answers (random weights rarely reach EOS). It checks code paths, speed and
+memory, not quality. Each check is sized to end within minutes on one GPU.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from transformers import AutoModelForCausalLM
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "outputs" / "gpu_smoke"
@@ -35,6 +42,35 @@ class Result:
     status: str
     seconds: float
     detail: str
+
+
+RANDOM = False  # --random-weights: set in main()
+
+
+def random_fixtures() -> Path:
+    """Random weights into MODEL (its config and tokenizer stay), and a tiny random sentence-transformers embedder;
+    returns the embedder's folder."""
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoConfig, BertConfig, BertModel, BertTokenizerFast
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(MODEL), dtype=torch.float32)
+    model.save_pretrained(MODEL)
+    (MODEL / "domino_prepared.json").write_text('{"random_weights": true}\n')
+    bert = OUT / "embedder" / "bert"
+    bert.mkdir(parents=True, exist_ok=True)
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars]
+    (bert / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(bert / "vocab.txt"), do_lower_case=False).save_pretrained(bert)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=128, max_position_embeddings=512)).save_pretrained(bert)
+    embedder = OUT / "embedder" / "st"
+    SentenceTransformer(modules=[models.Transformer(str(bert), max_seq_length=256), models.Pooling(64, "mean")]).save(str(embedder))
+    return embedder
+
+
+EMBEDDER: Path | None = None
 
 
 def _yaml(name: str, **top) -> Path:
@@ -56,6 +92,9 @@ def _yaml(name: str, **top) -> Path:
                 domino[block] = {**domino.get(block, {}), **settings} if isinstance(settings, dict) else settings
         else:
             config[key] = value
+    if RANDOM:  # random weights rarely end a sample or an answer; the stand-in embedder scores
+        domino["synthesis"]["keep_unfinished"] = domino["responses"]["keep_unfinished"] = True
+        domino["score"] = {**domino.get("score", {}), "embedding_model": str(EMBEDDER)}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -107,6 +146,31 @@ assert same
 print("SAMPLER_EXACT_OK")
 """
 
+STATIC_EXACT = """
+import torch
+from transformers import AutoModelForCausalLM
+from axolotl_domino.args import SynthesisConfig
+from axolotl_domino.generate import PrefixSampler
+from axolotl_domino.induce import embedding_scale
+class Tok:
+    eos_token_id = 2
+    def decode(self, ids, skip_special_tokens=False):
+        return ""
+model = AutoModelForCausalLM.from_pretrained("{model}", dtype=torch.float32).cuda().eval()
+torch.manual_seed(0)
+domain = (torch.randn(16, model.config.hidden_size) * embedding_scale(model)).cuda()
+for temperature in (0.0, 1.0):
+    out = {{}}
+    for loop in ("dynamic", "static"):
+        settings = SynthesisConfig(temperature=temperature, max_new_tokens=48, batch_size=8, decode=loop)
+        sampler = PrefixSampler(model, Tok(), domain, settings, [])
+        out[loop] = [s.token_ids for s in sampler.sample_many(list(range(20)))]
+    same = sum(a == b for a, b in zip(out["dynamic"], out["static"]))
+    print(f"temperature {{temperature}}: {{same}} of 20 samples equal on both loops (float32, CUDA graphs)")
+    assert same >= (20 if temperature == 0 else 18)  # sampled: a draw on a CDF boundary may round otherwise
+print("STATIC_EXACT_OK")
+"""
+
 THROUGHPUT = """
 import time, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -137,13 +201,18 @@ print("THROUGHPUT_OK")
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="run only these checks")
-    parser.add_argument("--timeout", type=int, default=600, help="seconds per check")
+    parser.add_argument("--timeout", type=int, default=480, help="seconds per check (8 minutes: each should end well inside)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="random weights into the prepared model's config and tokenizer, a tiny embedder (no GGUF)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: this suite needs a GPU (the CPU paths run in `make test`)")
         return 1
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
+    global RANDOM, EMBEDDER
+    if args.random_weights:
+        RANDOM, EMBEDDER = True, random_fixtures()
     gpus, t = torch.cuda.device_count(), args.timeout
     try:
         import flash_attn  # noqa: F401
@@ -164,8 +233,9 @@ def main() -> int:
         return _run(name, axolotl + ["train", str(config), *extra], OUT / name / "sft" / expect_file, t)
 
     checks = {
-        "prepare-model": lambda: _run("prepare-model", axolotl + ["domino", "prepare-model", "smollm2-135m-instruct",
-                                                                  "--output", str(MODEL)], MODEL / "config.json", t),
+        "prepare-model": "random weights: no GGUF to convert" if RANDOM else lambda: _run(
+            "prepare-model", axolotl + ["domino", "prepare-model", "smollm2-135m-instruct", "--output", str(MODEL)],
+            MODEL / "config.json", t),
         "induce-bf16-sdpa": lambda: induce("induce-bf16-sdpa", flash_attention=False),
         "induce-bf16-flash-attn": (lambda: induce("induce-bf16-flash-attn", flash_attention=True)) if has_flash
         else "flash-attn is not installed (pip install axolotl-domino[flash-attn] builds it from source)",
@@ -180,6 +250,11 @@ def main() -> int:
             "vllm-synthesis-responder",
             domino={"synthesis": {"adapter": str(base), "backend": "vllm", "gpu_memory_utilization": 0.4}}),
         "sampler-exact-gpu": lambda: _script("sampler-exact-gpu", SAMPLER_EXACT.format(model=MODEL), "SAMPLER_EXACT_OK", t),
+        "static-decode-exact-gpu": lambda: _script("static-decode-exact-gpu", STATIC_EXACT.format(model=MODEL),
+                                                   "STATIC_EXACT_OK", t),
+        "gpu-throughput": lambda: _run("gpu-throughput", [sys.executable, str(REPO / "bench" / "gpu_throughput.py"),
+                                                          "--models", "smollm2", "--batches", "64", "--json",
+                                                          str(OUT / "gpu-throughput.jsonl")], "gpu_decode_vs_bound:", t),
         "vllm-vs-ours-throughput": lambda: _script("vllm-vs-ours-throughput", THROUGHPUT.format(model=MODEL), "THROUGHPUT_OK", t),
         "quickstart": lambda: train("quickstart", bf16="auto", max_steps=None, domino={
             "induction": {"num_domain_tokens": 16, "num_sample_tokens": 16, "max_steps": None, "eval_steps": 50,

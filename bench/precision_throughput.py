@@ -36,7 +36,8 @@ from transformers import AutoTokenizer
 
 from axolotl_domino.args import SynthesisConfig
 from axolotl_domino.cpu import cpu_bf16_units
-from axolotl_domino.hf import ChatGenerator, load_model, pad_right
+from axolotl_domino.chat import ChatGenerator
+from axolotl_domino.hf import load_model, pad_right
 from axolotl_domino.generate import PrefixSampler
 from axolotl_domino.induce import embedding_scale
 from axolotl_domino.loss import domino_loss

@@ -76,7 +76,8 @@ def test_bf16_keeps_the_induced_domains_loss_and_greedy_samples(smollm2, induced
     """
     from axolotl_domino.args import SynthesisConfig
     from axolotl_domino.generate import PrefixSampler
-    from axolotl_domino.hf import ChatGenerator, load_model
+    from axolotl_domino.chat import ChatGenerator
+    from axolotl_domino.hf import load_model
 
     out, references, _ = induced
     refs = read_references(references)

@@ -12,9 +12,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "axolotl_domino"
 LAYERS = [
     {"errors"},
     {"hf"},
-    {"args", "files", "cpu", "loss", "sandbox", "shards", "publish", "tracking", "score.embedder", "score.fidelity",
-     "score.report"},
-    {"layout", "embedded", "induce", "generate", "endpoint", "probe", "score.diversity", "score.memorization", "score.plots"},
+    {"args", "files", "cpu", "loss", "sandbox", "shards", "publish", "tracking", "static_decode", "score.embedder",
+     "score.fidelity", "score.report"},
+    {"layout", "embedded", "induce", "generate", "endpoint", "probe", "chat", "score.diversity", "score.memorization",
+     "score.plots"},
     {"references", "write", "launch", "respond", "generate_vllm", "judge", "estimate", "score.scorecard"},
     {"trainer", "diagnostics", "filters", "score"},
     {"synthesize"},

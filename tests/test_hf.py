@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from axolotl_domino.hf import ChatGenerator, Reply, pad_right, pad_token_id
+from axolotl_domino.chat import ChatGenerator
+from axolotl_domino.hf import Reply, pad_right, pad_token_id
 from tiny_models import build_scripted_chat_model_dir
 
 REPLY = ['{"rating":', '"good",', '"reason":', '"scripted"}']
