@@ -193,7 +193,8 @@ def plan(config: Path, tflops: float | None, bandwidth: float | None, world_size
             "seconds": round(stage.seconds, 1), "peak_bytes": stage.peak_bytes, "basis": stage.basis,
             "last_seconds": owner.last_seconds if stage.stage in plans else None,
         })
-    total = OUTER_START_S + sum(row["seconds"] for row in table if not row["action"].startswith("skip"))
+    start_up = OUTER_START_S + result.seconds  # `axolotl train` itself, and these estimates, made again there
+    total = start_up + sum(row["seconds"] for row in table if not row["action"].startswith("skip"))
     shape, lengths = result.shape, result.facts.reference_tokens
     if as_json:
         click.echo(json.dumps({"config": str(config), "hardware": result.hardware, "params": shape.params,
@@ -210,7 +211,7 @@ def plan(config: Path, tflops: float | None, bandwidth: float | None, world_size
         for row in table
     ] + [("total", "what will run", duration(total), "", "")]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    bases = [""] + [row["basis"] for row in table] + [f"with {OUTER_START_S:.0f} s of `axolotl train` start-up"]
+    bases = [""] + [row["basis"] for row in table] + [f"with {start_up:.0f} s of `axolotl train` start-up and estimates"]
     for row, basis in zip(rows, bases):
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + basis)
     for note in notes:

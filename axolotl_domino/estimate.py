@@ -37,16 +37,18 @@ import torch
 
 from axolotl_domino.args import DominoConfig
 from axolotl_domino.cpu import cpu_bf16_units, cpu_trains_bf16, use_cpu_bf16
-from axolotl_domino.hf import AUTO_BATCH_LIMIT, fitting_batch, free_memory, rank_device
+from axolotl_domino.hf import AUTO_BATCH_LIMIT, fitting_batch, free_memory, rank_device, static_decoding
 from axolotl_domino.loss import LOGIT_CHUNK_TOKENS
 from axolotl_domino.probe import LoraSpec
+from axolotl_domino.static_decode import STATIC_BATCH_LIMIT
 
 # Nominal hardware (--tflops): the share of the dense matmul rate training steps reach (the quickstart's
 # induction steps reached 44% of a CPU's measured float32 rate, bench/README.md), and of the memory-bandwidth
-# bound a decode step reaches per backend: HF's 13% measured on an H200 (issue 23: a 7B model at batch 64);
-# vLLM's is an assumption, not measured here (vLLM does not install beside this project's GPU stack).
+# bound a decode step reaches per decode loop: the dynamic HF loop's 13% measured on an H200 (issue 23: a 7B
+# model at batch 64). The static loop's and vLLM's are assumptions until bench/gpu_throughput.py measures them on
+# a GPU (the static loop's target is 50%; vLLM does not install beside this project's GPU stack).
 TRAIN_EFFICIENCY = 0.4
-DECODE_BANDWIDTH_EFFICIENCY = {"hf": 0.13, "vllm": 0.5}
+DECODE_BANDWIDTH_EFFICIENCY = {"hf": 0.13, "hf-static": 0.5, "vllm": 0.5}
 DEFAULT_BANDWIDTH_GBS = 3350.0  # an H100 SXM's HBM3, when --tflops comes without --bandwidth
 ACTIVATION_BYTES = 24  # per token x layer x hidden unit kept for the backward pass in float32 (sdpa attention)
 # Start-ups, measured on the quickstart (bench/README.md, timeline): a stage's own `axolotl` process (imports,
@@ -62,9 +64,10 @@ RESPONSE_FILL = sum(ANSWER_SPREAD) / 2
 JUDGE_PROMPT_TOKENS = 300  # the rubric around an instruction (judge.py)
 JUDGE_REPLY_TOKENS = 48  # a JSON verdict with its one-sentence reason
 CHAT_TOKENS = 16  # a chat template's turns around one instruction, when the tokenizer is not here to say
-SANDBOX_S = 0.5  # one execution-filter run in the sandbox (a fresh Python process)
-SCORECARD_S = 10.0  # the scorecard's embedder load, plots and tests
-EMBED_S_PER_TEXT = 0.005  # MiniLM on a CPU core pair (quickstart: 164 texts)
+SANDBOX_S = 0.04  # one execution-filter run in the sandbox, per worker (quickstart: 44 answers in 0.8 s on 2)
+SCORECARD_S = 1.0  # the scorecard's embedder load, plots and tests (quickstart: 1.8 s with 164 texts)
+EMBED_S_PER_TEXT = 0.005  # MiniLM on a CPU core pair
+LOAD_BYTES_PER_S = 1e9  # loading a model's weights inside a running process (the in-process synthesis)
 
 
 @dataclass
@@ -180,18 +183,34 @@ class MeasuredSpeeds:
 
     @cache
     def decode_step(self, batch, context, temperature, backend="hf") -> float:
-        if backend == "vllm":  # not timed here: priced by the bytes it reads, as on other hardware
+        if backend != "hf":  # not timed here (vLLM; a compiled static loop): the bytes it reads, as on other hardware
             return _bandwidth_step(self.shape, batch, context, 2 if self.precision.infer_bf16 else 4, self.bandwidth,
                                    DECODE_BANDWIDTH_EFFICIENCY[backend])
         return self._infer.decode_step(batch, context, temperature)
 
     @cache
     def forward(self, rows, length, every_position=False) -> float:
-        return self._infer.forward(rows, length, every_position)
+        probed_rows, probed_length, scale = _probe_shape(rows, length)
+        return self._infer.forward(probed_rows, probed_length, every_position) * scale
 
     @cache
     def sft_step(self, rows, length, lora, checkpointing) -> float:
-        return self._train.sft_step(rows, length, lora, checkpointing)
+        probed_rows, probed_length, scale = _probe_shape(rows, length)
+        return self._train.sft_step(probed_rows, probed_length, lora, checkpointing) * scale
+
+
+# A forward or SFT micro-batch of more tokens is timed at this many and scaled by its tokens, so the plan stays
+# seconds long (a packed 2 x 2048 SFT micro-batch took 50 s to time on a 3-layer slice on 2 CPU cores).
+PROBE_TOKENS = 1024
+
+
+def _probe_shape(rows: int, length: int) -> tuple[int, int, float]:
+    """(rows, length) to time for a micro-batch of `rows` x `length` tokens, and the factor to scale it by."""
+    if rows * length <= PROBE_TOKENS:
+        return rows, length, 1.0
+    probed_length = min(length, PROBE_TOKENS)
+    probed_rows = max(1, PROBE_TOKENS // probed_length)
+    return probed_rows, probed_length, rows * length / (probed_rows * probed_length)
 
 
 @dataclass
@@ -295,19 +314,20 @@ class RunFacts:
 
     reference_tokens: list[int]  # each reference's tokens (capped at references.max_tokens, plus EOS)
     chat_tokens: int = CHAT_TOKENS  # the responder's chat template (and system prompt) around an instruction
+    row_tokens: int = CHAT_TOKENS  # the chat template around one SFT row (a user turn and its answer)
     dataset_tokens: list[int] = field(default_factory=list)  # rows of the YAML's own local datasets
     kept: int | None = None  # synthetic rows SFT trains on, once synthesis has run (else num_samples)
     config: Any = None  # the model's config and the bytes free for its batches, for the automatic batch sizes
     free_bytes: int | None = None  # (either None: AUTO_BATCH_LIMIT sequences a batch)
 
 
-def expected_longest(lengths: list[int], group: int, draws: int = 256) -> float:
-    """The mean length of the longest of `group` rows drawn at random from `lengths`: what a micro-batch padded to
-    its longest row holds per row (fixed draws, so a plan is the same every time)."""
-    if group <= 1 or len(lengths) <= 1:
-        return sum(lengths) / max(len(lengths), 1)
+def expected_longest(lengths: list[int], group: int, multiple: int = 1, draws: int = 256) -> float:
+    """The mean length of a micro-batch of `group` rows drawn at random from `lengths`, padded to its longest row
+    rounded up to `multiple` (fixed draws, so a plan is the same every time)."""
     rng = np.random.default_rng(0)
-    return float(np.mean([max(rng.choice(lengths, size=min(group, len(lengths)), replace=False)) for _ in range(draws)]))
+    size = max(1, min(group, len(lengths)))
+    return float(np.mean([multiple * math.ceil(max(rng.choice(lengths, size=size, replace=False)) / multiple)
+                          for _ in range(draws)]))
 
 
 def generation_seconds(speeds: Speeds, rows: int, batch: int, context: int, cap: int, expected: float,
@@ -355,14 +375,19 @@ def _estimate(domino, sft, shape, facts, speeds, world_size, dtype_bytes, only) 
     mean_t = sum(facts.reference_tokens) / n
     child_start = CHILD_START_S[speeds.device]
     in_process = speeds.device == "cpu" and world_size == 1 and syn.backend == "hf"  # pipeline.in_process
+    backend = syn.backend if syn.backend == "vllm" else "hf-static" if static_decoding(syn.decode, torch.device(
+        speeds.device)) else "hf"  # the decode loop each batch runs on
     sample_tokens = min(syn.max_new_tokens, mean_t)  # D* writes text like the references
 
     def batch_size(given: int | None, prefix: int, new: int, prefill: bool = False) -> int:
+        """As the generators choose it: given, or what fits in half the free memory up to the loop's limit."""
+        static = backend == "hf-static"
+        limit = STATIC_BATCH_LIMIT if static else AUTO_BATCH_LIMIT
         if given:
             return given
         if facts.free_bytes is None or facts.config is None:
-            return AUTO_BATCH_LIMIT
-        return fitting_batch(facts.config, dtype_bytes, facts.free_bytes, prefix, new, prefill=prefill)
+            return limit
+        return fitting_batch(facts.config, dtype_bytes, facts.free_bytes, prefix, new, limit, prefill, static)
 
     k = ind.num_domain_tokens
     if domino.synthesis.adapter is None and "induction" in only:
@@ -378,7 +403,7 @@ def _estimate(domino, sft, shape, facts, speeds, world_size, dtype_bytes, only) 
         r = min(ind.eval_references, n)
         per_eval = (
             generation_seconds(speeds, ind.eval_samples, min(ind.eval_samples, syn.batch_size or ind.eval_samples), k,
-                               syn.max_new_tokens, sample_tokens, syn.temperature)
+                               syn.max_new_tokens, sample_tokens, syn.temperature, backend="hf" if backend == "vllm" else backend)
             + (r if l else 0) * speeds.forward(r, round(mean_t), every_position=True)  # retrieval: r x r scored
             + speeds.forward(r, round(mean_t), every_position=True)  # reference NLL under D
         ) if evals else 0.0
@@ -393,10 +418,10 @@ def _estimate(domino, sft, shape, facts, speeds, world_size, dtype_bytes, only) 
 
     batch = batch_size(syn.batch_size, k, syn.max_new_tokens)
     sampling = 0.0 if "synthesis" not in only else generation_seconds(speeds, math.ceil(syn.num_samples / world_size), batch, k, syn.max_new_tokens,
-                                  sample_tokens, syn.temperature, backend=syn.backend)
+                                  sample_tokens, syn.temperature, backend=backend)
     cache = min(batch, syn.num_samples) * (k + syn.max_new_tokens) * shape.layers * 2 * shape.kv_dim * dtype_bytes
     stages.append(None if "synthesis" not in only else StageEstimate(
-        "synthesis", sampling + (SETUP_S if in_process else child_start), int(weights + cache),
+        "synthesis", sampling + (1 + weights / LOAD_BYTES_PER_S if in_process else child_start), int(weights + cache),
         f"{syn.num_samples} samples of ~{sample_tokens:.0f} (<= {syn.max_new_tokens}) tokens, batches of {batch}",
     ))
     answer_tokens = rsp.max_new_tokens * RESPONSE_FILL if rsp.enabled else 0.0
@@ -406,7 +431,7 @@ def _estimate(domino, sft, shape, facts, speeds, world_size, dtype_bytes, only) 
         answer_batch = batch_size(rsp.batch_size, prompt, rsp.max_new_tokens, prefill=True)
         seconds = generation_seconds(speeds, math.ceil(syn.num_samples / world_size), answer_batch, prompt,
                                      rsp.max_new_tokens, answer_tokens, rsp.temperature, prompt=prompt,
-                                     backend=syn.backend) if local else 0.0
+                                     backend=backend) if local else 0.0
         stages.append(StageEstimate(
             "responses", seconds, int(weights) if local else 0,
             f"{syn.num_samples} answers of ~{answer_tokens:.0f} (<= {rsp.max_new_tokens}) tokens, batches of "
@@ -422,7 +447,7 @@ def _estimate(domino, sft, shape, facts, speeds, world_size, dtype_bytes, only) 
         verdict_batch = batch_size(judge.batch_size, prompt, judge.max_new_tokens, prefill=True)
         filter_s += (1 + rsp.enabled) * generation_seconds(
             speeds, syn.num_samples, verdict_batch, prompt, judge.max_new_tokens,
-            min(JUDGE_REPLY_TOKENS, judge.max_new_tokens), 0.0, prompt=prompt)
+            min(JUDGE_REPLY_TOKENS, judge.max_new_tokens), 0.0, prompt=prompt, backend=backend)
     stages.append(StageEstimate("filters", filter_s, 0, "sandbox runs and the judge's verdicts") if "filters" in only else None)
     if domino.score.enabled and "scorecard" in only:
         texts = syn.num_samples + n
@@ -452,15 +477,17 @@ def _sft_estimate(sft: dict, shape: ModelShape, facts: RunFacts, speeds: Speeds,
         micro_batches, length = math.ceil(tokens * train_rows / max(len(lengths), 1) / (mb * seq_len)), seq_len
     else:
         micro_batches = math.ceil(train_rows / mb)
-        multiple = int(sft.get("pad_to_multiple_of") or 64)
         pad = sft.get("pad_to_sequence_len")
-        longest = seq_len if pad else expected_longest(lengths, mb)
-        length = round(longest) if pad is False else min(seq_len, multiple * math.ceil(longest / multiple))
+        multiple = 1 if pad is False else int(sft.get("pad_to_multiple_of") or 64)
+        length = seq_len if pad else min(seq_len, round(expected_longest(lengths, mb, multiple)))
     lora = _lora_spec(sft)
     step_s = speeds.sft_step(mb, length, lora, bool(sft.get("gradient_checkpointing")))
     train = math.ceil(micro_batches / world_size) * epochs * step_s
     evals = int(sft.get("evals_per_epoch") or 1) * math.ceil(epochs) if held else 0
-    eval_s = evals * math.ceil(held / mb) * speeds.forward(mb, length)
+    held_tokens = tokens * held / max(len(lengths), 1)
+    eval_batches = math.ceil(held_tokens / (mb * seq_len)) if sft.get("eval_sample_packing", sft.get("sample_packing")) \
+        else math.ceil(held / mb)
+    eval_s = evals * eval_batches * speeds.forward(mb, length)
     activations = mb * length * shape.layers * shape.hidden * ACTIVATION_BYTES
     if sft.get("gradient_checkpointing"):
         activations //= shape.layers  # one layer's activations live at a time, plus the checkpoints
@@ -482,13 +509,13 @@ def _sft_estimate(sft: dict, shape: ModelShape, facts: RunFacts, speeds: Speeds,
 
 
 def _synthetic_rows(domino: DominoConfig, facts: RunFacts, rows: int) -> list[int]:
-    """Token counts of `rows` synthetic SFT rows: template, a sample (the references' lengths in turn, within the
+    """Token counts of `rows` synthetic SFT rows: the template, a sample (the references' lengths in turn, within the
     sampling cap) and its answer (spread evenly over ANSWER_SPREAD of the answer cap)."""
     syn, rsp = domino.synthesis, domino.responses
     samples = [min(syn.max_new_tokens, t) for t in facts.reference_tokens]
     low, high = ANSWER_SPREAD
     answers = [round(rsp.max_new_tokens * (low + (high - low) * (i + 0.5) / rows)) if rsp.enabled else 0 for i in range(rows)]
-    return [facts.chat_tokens + samples[i % len(samples)] + answers[(i * 7919) % rows] for i in range(rows)]
+    return [facts.row_tokens + samples[i % len(samples)] + answers[(i * 7919) % rows] for i in range(rows)]
 
 
 def _lora_spec(sft: dict) -> LoraSpec | None:
@@ -522,6 +549,7 @@ class Plan:
     notes: list[str]
     speeds: Speeds
     inputs: tuple[DominoConfig, dict, int]  # the domino block, the raw YAML, the world size
+    seconds: float  # what making the plan took (the pipeline spends it too, before its first stage)
 
     @property
     def by_stage(self) -> dict[str, StageEstimate]:
@@ -554,6 +582,7 @@ def plan_run(domino: DominoConfig, base_model: str, config: dict, texts: list[st
     timed on a slice of the model, or for hardware given by `tflops` (and `bandwidth_gbs`).
 
     `config` is the raw YAML, `texts` the references, `kept` the synthetic rows once synthesis has run."""
+    started = time.perf_counter()
     trust = bool(config.get("trust_remote_code"))
     model = model_config(base_model, trust, shipped=True)
     shape = model_shape(model, trust)
@@ -561,7 +590,9 @@ def plan_run(domino: DominoConfig, base_model: str, config: dict, texts: list[st
     tokenizer = _tokenizer(base_model, trust, notes)
     facts = RunFacts(
         reference_tokens=_token_counts(tokenizer, texts, domino.references.max_tokens),
-        chat_tokens=_chat_tokens(tokenizer, domino.responses.system_prompt),
+        chat_tokens=_chat_tokens(tokenizer, [{"role": "system", "content": domino.responses.system_prompt}]
+                                 if domino.responses.system_prompt else []),
+        row_tokens=_chat_tokens(tokenizer, [{"role": "assistant", "content": ""}] if domino.responses.enabled else []),
         dataset_tokens=_dataset_tokens(tokenizer, config.get("datasets") or [], notes),
         kept=kept,
         config=model,
@@ -575,7 +606,8 @@ def plan_run(domino: DominoConfig, base_model: str, config: dict, texts: list[st
         dtype_bytes = 2 if precision.infer_bf16 else 4
         facts.free_bytes = free_memory(rank_device())
     stages = estimate(domino, config, shape, facts, speeds, world_size, dtype_bytes, only)
-    return Plan(shape, speeds.description, facts, stages, notes, speeds, (domino, config, world_size))
+    return Plan(shape, speeds.description, facts, stages, notes, speeds, (domino, config, world_size),
+                time.perf_counter() - started)
 
 
 def _tokenizer(base_model: str, trust: bool, notes: list[str]) -> Any:
@@ -599,12 +631,15 @@ def _token_counts(tokenizer: Any, texts: list[str], cap: int) -> list[int]:
     return [min(count, cap) + 1 for count in _count(tokenizer, texts)]
 
 
-def _chat_tokens(tokenizer: Any, system_prompt: str | None) -> int:
-    """The tokens a responder's chat template (with the system prompt) puts around one instruction."""
+def _chat_tokens(tokenizer: Any, turns: list[dict[str, str]]) -> int:
+    """The tokens a chat template puts around one instruction (as a user turn, with `turns` before or after it)."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         return CHAT_TOKENS
-    turns = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": ""}]
-    return len(tokenizer.apply_chat_template(turns, add_generation_prompt=True)) + 2  # and the answer's end
+    system = [turn for turn in turns if turn["role"] == "system"]
+    after = [turn for turn in turns if turn["role"] != "system"]
+    conversation = system + [{"role": "user", "content": ""}] + after
+    ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=not after, tokenize=True, return_dict=True)
+    return len(ids["input_ids"]) + 1  # and the turn's end after the text
 
 
 DATASET_SAMPLE_ROWS = 2000  # rows of a local dataset tokenised for the SFT estimate; larger ones are extrapolated

@@ -2,13 +2,14 @@
 
 Runs a command (default: `axolotl train example_yamls/quickstart.yaml` from the repository root, with
 fresh `domino_out/` and `outputs/quickstart/` so no stage is skipped) and samples the memory of the
-whole process tree (launcher, trainer, the stages' child processes, dataset workers) every 0.5 s:
+whole process tree (launcher, trainer, the stages' child processes, dataset workers) every 0.5 s (PSS, which
+costs the machine more to read, every 2 s near the RSS peak):
 the summed RSS, which counts pages that forked processes share once per process (an upper bound),
 and the summed PSS, which splits shared pages among their users (what the machine must hold).
 Before the run it asks `axolotl domino plan CONFIG --json` for its estimates (on the same machine, so
-the planner's measured matmul rate is this machine's), and after it prints each stage's estimate
-beside what the run took: induction from `domino_stage.json`, synthesis from the manifest (sampling,
-responses, filters), the total against the wall time.
+the stages the planner times on a slice of the model run on this machine's cores), and after it prints each
+stage's estimate beside what the run took: induction from `domino_stage.json`, sampling, answers, filters,
+scorecard and SFT from the timeline below, the total against the wall time.
 It also prints where the wall time went, from the timestamps of the run's own log lines (the stages'
 children stream theirs into the outer run's output): each process's start-up, the induction's steps and
 evals, sampling, answers, filters, scorecard and SFT (`timeline`).
@@ -33,16 +34,20 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tree_memory(root: psutil.Process) -> tuple[int, int]:
-    """(summed RSS, summed PSS) of `root` and all its descendants, in bytes."""
-    rss = pss = 0
+def tree_memory(root: psutil.Process, pss: bool) -> tuple[int, int]:
+    """(summed RSS, summed PSS or 0) of `root` and all its descendants, in bytes. PSS walks every page table
+    (15 ms for a 2 GiB process), so the caller asks for it less often than for RSS (cheap)."""
+    rss_sum = pss_sum = 0
     for proc in [root, *root.children(recursive=True)]:
         try:
-            info = proc.memory_full_info()
+            if pss:
+                info = proc.memory_full_info()
+                rss_sum, pss_sum = rss_sum + info.rss, pss_sum + info.pss
+            else:
+                rss_sum += proc.memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        rss, pss = rss + info.rss, pss + info.pss
-    return rss, pss
+    return rss_sum, pss_sum
 
 
 def main() -> None:
@@ -63,34 +68,49 @@ def main() -> None:
     started, started_at = time.perf_counter(), datetime.now()
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(["axolotl", "train", args.config], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        root, peak_rss, peak_pss = psutil.Process(proc.pid), 0, 0
+        root, peak_rss, peak_pss, tick = psutil.Process(proc.pid), 0, 0, 0
         while proc.poll() is None:
-            rss, pss = tree_memory(root)
-            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            # RSS every 0.5 s; PSS every 2 s, and only near a new peak of RSS (where its own peak is)
+            rss, _ = tree_memory(root, pss=False)
+            if rss > 0.9 * peak_rss and tick % 4 == 0:
+                pss = tree_memory(root, pss=True)[1]
+                peak_pss = max(peak_pss, pss)
+            peak_rss, tick = max(peak_rss, rss), tick + 1
             time.sleep(0.5)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         sys.exit(f"quickstart failed with exit code {proc.returncode}; its output is in {log_path}")
     print(f"timeline (from {log_path}):")
-    for name, seconds in timeline(log_path.read_text(encoding="utf-8", errors="replace"), started_at, wall):
+    phases = timeline(log_path.read_text(encoding="utf-8", errors="replace"), started_at, wall)
+    for name, seconds in phases:
         print(f"  {name:58s} {seconds:6.1f} s")
-    measured = measured_stages(REPO / "domino_out")
-    print(f"plan ({plan['hardware']}, efficiency {plan['efficiency']}):")  # train / generate
-    estimate = {row["stage"]: row["seconds"] for row in plan["stages"]}
-    pairs = {
-        "induction (the child's run)": (estimate["induction"], measured["induction"]),
-        "synthesis + responses (to the merge)": (estimate["synthesis"] + estimate.get("responses", 0.0), measured["synthesis"]),
-        "total (wall: start-ups, stages, SFT)": (plan["total_seconds"], wall),
-    }
-    for name, (planned_s, took) in pairs.items():
-        print(f"  {name:38s} estimate {planned_s:6.0f} s  measured {took:6.0f} s  ratio {planned_s / took:.2f}")
+    print(f"plan ({plan['hardware']}), estimate against measured, stage by stage:")
+    for name, planned_s, took in compare(plan, measured_stages(REPO / "domino_out"), dict(phases), wall):
+        print(f"  {name:12s} estimate {planned_s:6.0f} s  measured {took:6.0f} s  ratio {planned_s / took:.2f}")
     print(f"quickstart: wall_s={wall:.0f} peak_rss_gib={peak_rss / 2**30:.2f} peak_pss_gib={peak_pss / 2**30:.2f} "
           f"plan_s={plan['total_seconds']:.0f}")
 
 
+def compare(plan: dict, stages: dict[str, float], phases: dict[str, float], wall: float) -> list[tuple[str, float, float]]:
+    """(stage, the plan's estimate, what the run took): induction from its stage file, the synthesis stage's parts
+    and the SFT from the timeline's phases, the total against the wall time."""
+    estimate = {row["stage"]: row["seconds"] for row in plan["stages"]}
+    measured = {
+        "induction": stages["induction"],
+        "synthesis": phases.get("sampling from D* (model load included)"),
+        "responses": phases.get("answers"),
+        "filters": phases.get("filters"),
+        "scorecard": phases.get("scorecard"),
+        "sft": sum(phases.get(name, 0.0) for name in ("SFT start-up: tokenising, model, LoRA", "SFT steps", "SFT save and exit")),
+    }
+    rows = [(name, estimate[name], took) for name, took in measured.items() if name in estimate and took]
+    return rows + [("total", plan["total_seconds"], wall)]
+
+
 # (phase, the log line that ends it), in the order a quickstart from scratch logs them.
 MARKS = [
-    ("outer start-up: axolotl train, accelerate, config, preflight", "domino: inducing the domain: "),
+    ("outer start-up: axolotl train, accelerate, config, preflight", "domino: estimated the stages"),
+    ("the plan's estimates (timed on a slice of the model)", "domino: inducing the domain: "),
     ("induction child start-up: imports, tokenising, model", "[axolotl.train] Starting trainer"),
     ("induction steps and evals", "[axolotl.train] Training completed!"),
     ("induction save and exit", "domino: synthesising"),

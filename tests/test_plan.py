@@ -70,9 +70,11 @@ def test_nominal_hardware_prices_training_by_flops_and_decoding_by_bytes():
     stages = {s.stage: s for s in estimate(domino, {}, shape, RunFacts([10, 10, 10, 10]), speeds)}
     # 2 steps of 8 (D) + 2 x 10 (L1) + 2 x 8 (S) + 2 anchors x 2 candidates x 10 (L2) = 84 tokens, 4N FLOPs each
     assert stages["induction"].seconds == pytest.approx(2 * 84 * 4e9 / (1e12 * TRAIN_EFFICIENCY) + CHILD_START_S["cuda"])
-    # One batch of 100: 50 steps that each read the weights (2 GB) and the cache, at 13% of 100 GB/s.
-    step = lambda batch, context: (2e9 + batch * context * 10 * 2 * 100 * 2) / (100e9 * DECODE_BANDWIDTH_EFFICIENCY["hf"])
-    assert speeds.decode_step(100, 8, 1.0) == pytest.approx(step(100, 8))
+    # One batch of 100: 50 steps that each read the weights (2 GB) and the cache, at the static loop's share of
+    # 100 GB/s (a GPU decodes on the static loop).
+    step = lambda batch, context: (2e9 + batch * context * 10 * 2 * 100 * 2) / (100e9 * DECODE_BANDWIDTH_EFFICIENCY["hf-static"])
+    assert speeds.decode_step(100, 8, 1.0, "hf-static") == pytest.approx(step(100, 8))
+    assert speeds.decode_step(100, 8, 1.0, "hf") == pytest.approx(step(100, 8) * 0.5 / 0.13)  # the dynamic loop
     # Rows end after 10 tokens (the references' length): 50 steps of the fixed cost, 10 of each row's.
     rows = 100 * 10 * (step(2, 8) - step(1, 8)) + 100 * 10 * 5 * (step(1, 9) - step(1, 8))
     assert stages["synthesis"].seconds == pytest.approx(50 * step(0, 0) + rows + CHILD_START_S["cuda"])
