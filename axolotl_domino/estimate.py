@@ -4,9 +4,9 @@ Never loads weights: the parameter count comes from the model built on the `meta
 its units of work times the seconds one unit takes, plus a process start-up:
 
     induction   steps x micro-batches x one micro-batch of the DOMINO loss (forward + backward), + the evals
-    generation  per batch: max_new_tokens decode steps at the batch's fixed cost (one row usually runs to the
-                cap), + each row's expected tokens at the per-row cost (which grows with the cached context),
-                + the prompts' forward pass (responses, judge)
+    generation  per batch: as many decode steps as its longest row at the step's fixed cost, + each row's tokens
+                at the per-row cost (which grows with the cached context), + the prompts' forward pass
+                (responses, judge); on the static loop every row stays for every step
     SFT         micro-batches x one SFT micro-batch (forward, backward, optimizer step), + evals of a val split
 
 The seconds per unit come from `Speeds`: on this node, `MeasuredSpeeds` times the stages' own code on a slice of
@@ -15,9 +15,10 @@ other hardware (`--tflops`, `--bandwidth`), `NominalSpeeds` prices training by F
 forward + input gradients, 6N with weight gradients) and a decode step by the bytes it reads (weights + key/value
 cache) over memory bandwidth, with the efficiencies each backend reached where this project measured it.
 
-Lengths: a sample from D* is expected to be as long as the references (D models them; capped at
-`synthesis.max_new_tokens`), an answer to end at RESPONSE_FILL of `responses.max_new_tokens`, a verdict after
-JUDGE_REPLY_TOKENS; every SFT row counts as kept. Peak memory is the largest single process: weights, plus for
+Lengths: samples from D* are expected to be as long as the references (D models them), UNFINISHED_SHARE of them
+cut at `synthesis.max_new_tokens`; answers spread over ANSWER_SPREAD of `responses.max_new_tokens`; a verdict
+ends after JUDGE_REPLY_TOKENS; a batch decodes as long as its longest row; every SFT row counts as kept (once
+synthesis has run, its kept count). Peak memory is the largest single process: weights, plus for
 induction the activations of one micro-batch, a logits chunk and D and S with gradient and two Adam moments; for
 generation the key/value cache of one batch (docs/SCALING.md has the same terms at the paper's scale).
 """
@@ -39,7 +40,7 @@ from axolotl_domino.args import DominoConfig
 from axolotl_domino.cpu import cpu_bf16_units, cpu_trains_bf16, use_cpu_bf16
 from axolotl_domino.hf import AUTO_BATCH_LIMIT, fitting_batch, free_memory, rank_device, static_decoding
 from axolotl_domino.loss import LOGIT_CHUNK_TOKENS
-from axolotl_domino.probe import LoraSpec
+from axolotl_domino.probe import PROBE_LAYERS, LoraSpec
 from axolotl_domino.static_decode import STATIC_BATCH_LIMIT
 
 # Nominal hardware (--tflops): the share of the dense matmul rate training steps reach (the quickstart's
@@ -61,6 +62,10 @@ OUTER_START_S = 13.0
 # quickstart's: 124 of 192 tokens, 13 of 62 at the cap).
 ANSWER_SPREAD = (0.3, 1.0)
 RESPONSE_FILL = sum(ANSWER_SPREAD) / 2
+# Samples from D* that run to synthesis.max_new_tokens (a batch decodes as long as its longest row, so this share
+# sets how many batches run to the cap): the paper-default run on 100 MBPP statements (10 epochs) cut 1 of 1,000,
+# the quickstart's D (2 epochs) 2 of 64; at scale D is trained, and there the cost is.
+UNFINISHED_SHARE = 0.002
 JUDGE_PROMPT_TOKENS = 300  # the rubric around an instruction (judge.py)
 JUDGE_REPLY_TOKENS = 48  # a JSON verdict with its one-sentence reason
 CHAT_TOKENS = 16  # a chat template's turns around one instruction, when the tokenizer is not here to say
@@ -126,7 +131,7 @@ class Speeds(Protocol):
 
     def induction_step(self, k: int, l: int, anchors: int, extra_rows: int, length: int, length_normalized: bool) -> float: ...
     def decode_step(self, batch: int, context: int, temperature: float, backend: str = "hf") -> float: ...
-    def forward(self, rows: int, length: int, every_position: bool = False) -> float: ...
+    def forward(self, rows: int, length: int, every_position: bool = False, prefix: int = 1) -> float: ...
     def sft_step(self, rows: int, length: int, lora: LoraSpec | None, checkpointing: bool) -> float: ...
 
 
@@ -157,7 +162,7 @@ class MeasuredSpeeds:
         self.bandwidth = _copy_bandwidth(rank_device())
         train = "bf16 autocast" if precision.train_bf16 else "float32"
         infer = "bf16" if precision.infer_bf16 else "float32"
-        self.description = (f"{_device_name()}: stages timed on a {min(3, shape.layers)}-layer slice of the model "
+        self.description = (f"{_device_name()}: stages timed on a {min(PROBE_LAYERS, shape.layers)}-layer slice of the model "
                             f"(training in {train}, inference in {infer}); {matmul_rates()}")
 
     @cached_property
@@ -189,9 +194,9 @@ class MeasuredSpeeds:
         return self._infer.decode_step(batch, context, temperature)
 
     @cache
-    def forward(self, rows, length, every_position=False) -> float:
+    def forward(self, rows, length, every_position=False, prefix=1) -> float:
         probed_rows, probed_length, scale = _probe_shape(rows, length)
-        return self._infer.forward(probed_rows, probed_length, every_position) * scale
+        return self._infer.forward(probed_rows, probed_length, every_position, prefix) * scale
 
     @cache
     def sft_step(self, rows, length, lora, checkpointing) -> float:
@@ -240,8 +245,8 @@ class NominalSpeeds:
     def decode_step(self, batch, context, temperature, backend="hf") -> float:
         return _bandwidth_step(self.shape, batch, context, 2, self.bandwidth_gbs * 1e9, DECODE_BANDWIDTH_EFFICIENCY[backend])
 
-    def forward(self, rows, length, every_position=False) -> float:
-        return self._train_s(rows * length, 2)
+    def forward(self, rows, length, every_position=False, prefix=1) -> float:
+        return self._train_s(rows * length + prefix, 2)
 
     def sft_step(self, rows, length, lora, checkpointing) -> float:
         return self._train_s(rows * length, (4 if lora is not None else 6) + (2 if checkpointing else 0))
@@ -314,7 +319,7 @@ class RunFacts:
 
     reference_tokens: list[int]  # each reference's tokens (capped at references.max_tokens, plus EOS)
     chat_tokens: int = CHAT_TOKENS  # the responder's chat template (and system prompt) around an instruction
-    row_tokens: int = CHAT_TOKENS  # the chat template around one SFT row (a user turn and its answer)
+    row_tokens: int = CHAT_TOKENS  # what the dataset's Axolotl type adds around one synthetic SFT row (`_format_tokens`)
     dataset_tokens: list[int] = field(default_factory=list)  # rows of the YAML's own local datasets
     kept: int | None = None  # synthetic rows SFT trains on, once synthesis has run (else num_samples)
     config: Any = None  # the model's config and the bytes free for its batches, for the automatic batch sizes
@@ -322,32 +327,51 @@ class RunFacts:
 
 
 def expected_longest(lengths: list[int], group: int, multiple: int = 1, draws: int = 256) -> float:
-    """The mean length of a micro-batch of `group` rows drawn at random from `lengths`, padded to its longest row
-    rounded up to `multiple` (fixed draws, so a plan is the same every time)."""
+    """The mean length of a group of `group` rows drawn at random from `lengths` (with replacement), padded to its
+    longest row rounded up to `multiple` (fixed draws, so a plan is the same every time)."""
     rng = np.random.default_rng(0)
-    size = max(1, min(group, len(lengths)))
-    return float(np.mean([multiple * math.ceil(max(rng.choice(lengths, size=size, replace=False)) / multiple)
-                          for _ in range(draws)]))
+    picks = rng.choice(np.asarray(lengths), size=(draws, max(1, group)), replace=True).max(axis=1)
+    return float(np.mean(multiple * np.ceil(picks / multiple)))
 
 
-def generation_seconds(speeds: Speeds, rows: int, batch: int, context: int, cap: int, expected: float,
-                       temperature: float, prompt: int = 0, backend: str = "hf") -> float:
-    """`rows` sequences decoded `batch` at a time after `context` cached tokens (a shared prefix, or each row's own
-    prompt of `prompt` tokens run first): per batch `cap` steps of the fixed cost, and `expected` tokens per row
-    of the per-row cost at the context it has on average.
+def sample_lengths(domino: DominoConfig, reference_tokens: list[int]) -> list[int]:
+    """The lengths samples from D* that end are expected to have: the references' (D models them), within the cap
+    (UNFINISHED_SHARE more run to the cap: `generation_seconds`'s `cut_share`)."""
+    return [min(domino.synthesis.max_new_tokens, t) for t in reference_tokens]
 
-    The step cost t(b, c) = fixed + b x (row + c x per_context) comes from three timed steps."""
+
+def answer_lengths(cap: int, rows: int = 100) -> list[int]:
+    """Answers' lengths, spread evenly over ANSWER_SPREAD of their cap."""
+    low, high = ANSWER_SPREAD
+    return [round(cap * (low + (high - low) * (i + 0.5) / rows)) for i in range(rows)]
+
+
+def generation_seconds(speeds: Speeds, rows: int, batch: int, context: int, cap: int, lengths: list[int],
+                       temperature: float, prompt: int = 0, backend: str = "hf", cut_share: float = 0.0) -> float:
+    """`rows` sequences of `lengths` (a distribution, each <= `cap`; a further `cut_share` of them run to `cap`)
+    decoded `batch` at a time after `context` cached tokens (a shared prefix, or each row's own prompt of `prompt`
+    tokens run first).
+
+    A step costs t(b, c) = fixed + b x (row + c x per_context), from timed steps at (batch, context), (1, context)
+    and (batch, context + cap). A batch runs as long as its longest row: on the dynamic loop each row costs its own
+    tokens and the batch the fixed cost of every step; on the static loop every row stays to the end."""
     if rows <= 0:
         return 0.0
     b = min(batch, rows)
-    small = max(1, b // 8)
-    end = context + cap
-    full, longer = speeds.decode_step(b, context, temperature, backend), speeds.decode_step(b, end, temperature, backend)
-    row_at_context = max(full - speeds.decode_step(small, context, temperature, backend), 0.0) / max(b - small, 1)
+    single, full = speeds.decode_step(1, context, temperature, backend), speeds.decode_step(b, context, temperature, backend)
+    longer = speeds.decode_step(b, context + cap, temperature, backend)
+    row = max(full - single, 0.0) / max(b - 1, 1)
     per_context = max(longer - full, 0.0) / (b * cap)
-    fixed = max(full - b * row_at_context, 0.0)
+    fixed = max(single - row, 0.0)
     batches = math.ceil(rows / b)
-    seconds = batches * cap * fixed + rows * expected * (row_at_context + per_context * expected / 2)
+    any_cut = 1 - (1 - cut_share) ** b
+    steps = any_cut * cap + (1 - any_cut) * min(cap, expected_longest(lengths, b))  # each batch: until its longest row ends
+    mean = (1 - cut_share) * sum(lengths) / len(lengths) + cut_share * cap
+    if backend == "hf-static":  # every row decodes every step, the ends read every 16 steps
+        steps = min(cap, 16 * math.ceil(steps / 16))
+        seconds = batches * steps * (fixed + b * (row + per_context * steps / 2))
+    else:
+        seconds = batches * steps * fixed + rows * mean * (row + per_context * mean / 2)  # `row` is at `context`
     if prompt:
         seconds += batches * speeds.forward(b, prompt)
     return seconds
@@ -377,7 +401,8 @@ def _estimate(domino, sft, shape, facts, speeds, world_size, dtype_bytes, only) 
     in_process = speeds.device == "cpu" and world_size == 1 and syn.backend == "hf"  # pipeline.in_process
     backend = syn.backend if syn.backend == "vllm" else "hf-static" if static_decoding(syn.decode, torch.device(
         speeds.device)) else "hf"  # the decode loop each batch runs on
-    sample_tokens = min(syn.max_new_tokens, mean_t)  # D* writes text like the references
+    samples = sample_lengths(domino, facts.reference_tokens)
+    sample_tokens = (1 - UNFINISHED_SHARE) * sum(samples) / len(samples) + UNFINISHED_SHARE * syn.max_new_tokens
 
     def batch_size(given: int | None, prefix: int, new: int, prefill: bool = False) -> int:
         """As the generators choose it: given, or what fits in half the free memory up to the loop's limit."""
@@ -403,9 +428,10 @@ def _estimate(domino, sft, shape, facts, speeds, world_size, dtype_bytes, only) 
         r = min(ind.eval_references, n)
         per_eval = (
             generation_seconds(speeds, ind.eval_samples, min(ind.eval_samples, syn.batch_size or ind.eval_samples), k,
-                               syn.max_new_tokens, sample_tokens, syn.temperature, backend="hf" if backend == "vllm" else backend)
-            + (r if l else 0) * speeds.forward(r, round(mean_t), every_position=True)  # retrieval: r x r scored
-            + speeds.forward(r, round(mean_t), every_position=True)  # reference NLL under D
+                               syn.max_new_tokens, samples, syn.temperature, backend="hf" if backend == "vllm" else backend,
+                               cut_share=UNFINISHED_SHARE)
+            + (r if l else 0) * speeds.forward(r, round(mean_t), every_position=True, prefix=k + l)  # retrieval: r x r
+            + speeds.forward(r, round(mean_t), every_position=True, prefix=k)  # reference NLL under D
         ) if evals else 0.0
         micro_tokens = mb * (k + l) + (mb + extra) * mean_t
         peak = (weights + micro_tokens * shape.layers * shape.hidden * ACTIVATION_BYTES
@@ -417,12 +443,14 @@ def _estimate(domino, sft, shape, facts, speeds, world_size, dtype_bytes, only) 
         ))
 
     batch = batch_size(syn.batch_size, k, syn.max_new_tokens)
-    sampling = 0.0 if "synthesis" not in only else generation_seconds(speeds, math.ceil(syn.num_samples / world_size), batch, k, syn.max_new_tokens,
-                                  sample_tokens, syn.temperature, backend=backend)
+    sampling = 0.0 if "synthesis" not in only else generation_seconds(
+        speeds, math.ceil(syn.num_samples / world_size), batch, k, syn.max_new_tokens, samples, syn.temperature,
+        backend=backend, cut_share=UNFINISHED_SHARE)
     cache = min(batch, syn.num_samples) * (k + syn.max_new_tokens) * shape.layers * 2 * shape.kv_dim * dtype_bytes
     stages.append(None if "synthesis" not in only else StageEstimate(
         "synthesis", sampling + (1 + weights / LOAD_BYTES_PER_S if in_process else child_start), int(weights + cache),
-        f"{syn.num_samples} samples of ~{sample_tokens:.0f} (<= {syn.max_new_tokens}) tokens, batches of {batch}",
+        f"{syn.num_samples} samples of ~{sample_tokens:.0f} (<= {syn.max_new_tokens}; {UNFINISHED_SHARE:.1%} assumed "
+        f"cut there) tokens, batches of {batch}",
     ))
     answer_tokens = rsp.max_new_tokens * RESPONSE_FILL if rsp.enabled else 0.0
     if rsp.enabled and "responses" in only:
@@ -430,7 +458,7 @@ def _estimate(domino, sft, shape, facts, speeds, world_size, dtype_bytes, only) 
         prompt = round(facts.chat_tokens + sample_tokens)
         answer_batch = batch_size(rsp.batch_size, prompt, rsp.max_new_tokens, prefill=True)
         seconds = generation_seconds(speeds, math.ceil(syn.num_samples / world_size), answer_batch, prompt,
-                                     rsp.max_new_tokens, answer_tokens, rsp.temperature, prompt=prompt,
+                                     rsp.max_new_tokens, answer_lengths(rsp.max_new_tokens), rsp.temperature, prompt=prompt,
                                      backend=backend) if local else 0.0
         stages.append(StageEstimate(
             "responses", seconds, int(weights) if local else 0,
@@ -447,7 +475,7 @@ def _estimate(domino, sft, shape, facts, speeds, world_size, dtype_bytes, only) 
         verdict_batch = batch_size(judge.batch_size, prompt, judge.max_new_tokens, prefill=True)
         filter_s += (1 + rsp.enabled) * generation_seconds(
             speeds, syn.num_samples, verdict_batch, prompt, judge.max_new_tokens,
-            min(JUDGE_REPLY_TOKENS, judge.max_new_tokens), 0.0, prompt=prompt, backend=backend)
+            [min(JUDGE_REPLY_TOKENS, judge.max_new_tokens)], 0.0, prompt=prompt, backend=backend)
     stages.append(StageEstimate("filters", filter_s, 0, "sandbox runs and the judge's verdicts") if "filters" in only else None)
     if domino.score.enabled and "scorecard" in only:
         texts = syn.num_samples + n
@@ -474,7 +502,10 @@ def _sft_estimate(sft: dict, shape: ModelShape, facts: RunFacts, speeds: Speeds,
     mb = int(sft.get("micro_batch_size") or 1)
     epochs = float(sft.get("num_epochs") or 1)
     if sft.get("sample_packing"):
-        micro_batches, length = math.ceil(tokens * train_rows / max(len(lengths), 1) / (mb * seq_len)), seq_len
+        # Axolotl packs into bins of micro_batch_size x sequence_len and sets max_steps to whole optimizer steps.
+        bins = math.ceil(tokens * train_rows / max(len(lengths), 1) / (mb * seq_len))
+        accumulation = int(sft.get("gradient_accumulation_steps") or 1)
+        micro_batches, length = max(1, bins // accumulation) * accumulation, seq_len
     else:
         micro_batches = math.ceil(train_rows / mb)
         pad = sft.get("pad_to_sequence_len")
@@ -509,12 +540,10 @@ def _sft_estimate(sft: dict, shape: ModelShape, facts: RunFacts, speeds: Speeds,
 
 
 def _synthetic_rows(domino: DominoConfig, facts: RunFacts, rows: int) -> list[int]:
-    """Token counts of `rows` synthetic SFT rows: the template, a sample (the references' lengths in turn, within the
-    sampling cap) and its answer (spread evenly over ANSWER_SPREAD of the answer cap)."""
-    syn, rsp = domino.synthesis, domino.responses
-    samples = [min(syn.max_new_tokens, t) for t in facts.reference_tokens]
-    low, high = ANSWER_SPREAD
-    answers = [round(rsp.max_new_tokens * (low + (high - low) * (i + 0.5) / rows)) if rsp.enabled else 0 for i in range(rows)]
+    """Token counts of `rows` synthetic SFT rows: what the dataset type adds, a sample (`sample_lengths` in turn)
+    and its answer (`answer_lengths`, in a scattered order)."""
+    samples = sample_lengths(domino, facts.reference_tokens)
+    answers = answer_lengths(domino.responses.max_new_tokens, rows) if domino.responses.enabled else [0] * rows
     return [facts.row_tokens + samples[i % len(samples)] + answers[(i * 7919) % rows] for i in range(rows)]
 
 
@@ -592,7 +621,7 @@ def plan_run(domino: DominoConfig, base_model: str, config: dict, texts: list[st
         reference_tokens=_token_counts(tokenizer, texts, domino.references.max_tokens),
         chat_tokens=_chat_tokens(tokenizer, [{"role": "system", "content": domino.responses.system_prompt}]
                                  if domino.responses.system_prompt else []),
-        row_tokens=_chat_tokens(tokenizer, [{"role": "assistant", "content": ""}] if domino.responses.enabled else []),
+        row_tokens=_format_tokens(tokenizer, domino.dataset.format),
         dataset_tokens=_dataset_tokens(tokenizer, config.get("datasets") or [], notes),
         kept=kept,
         config=model,
@@ -642,6 +671,22 @@ def _chat_tokens(tokenizer: Any, turns: list[dict[str, str]]) -> int:
     return len(ids["input_ids"]) + 1  # and the turn's end after the text
 
 
+# Axolotl's alpaca prompt around an instruction without input (prompt_strategies/alpaca_*: the "alpaca" style).
+ALPACA_PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+                 "request.\n\n### Instruction:\n\n\n### Response:\n")
+
+
+def _format_tokens(tokenizer: Any, format: str | None) -> int:
+    """What an Axolotl dataset type adds to a row's text: `completion` an EOS, `alpaca` its prompt, `chat_template`
+    the turns of the tokenizer's template (with any system prompt it adds by default) around a user turn and an
+    answer."""
+    if format == "completion":
+        return 1
+    if format == "alpaca":
+        return _count(tokenizer, [ALPACA_PROMPT])[0] + 1
+    return _chat_tokens(tokenizer, [{"role": "assistant", "content": ""}])
+
+
 DATASET_SAMPLE_ROWS = 2000  # rows of a local dataset tokenised for the SFT estimate; larger ones are extrapolated
 
 
@@ -659,6 +704,8 @@ def _dataset_tokens(tokenizer: Any, datasets: list, notes: list[str]) -> list[in
         text = path.read_text(encoding="utf-8", errors="replace")
         rows = json.loads(text) if path.suffix == ".json" else [line for line in text.splitlines() if line.strip()]
         sample = [json.loads(row) if isinstance(row, str) else row for row in rows[:DATASET_SAMPLE_ROWS]]
-        sampled = _count(tokenizer, [" ".join(str(v) for v in row.values() if isinstance(v, str)) for row in sample])
+        around = _format_tokens(tokenizer, (entry or {}).get("type"))
+        sampled = [around + count for count in
+                   _count(tokenizer, [" ".join(str(v) for v in row.values() if isinstance(v, str)) for row in sample])]
         counts += (sampled * math.ceil(len(rows) / max(len(sampled), 1)))[: len(rows)]
     return counts

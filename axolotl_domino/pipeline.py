@@ -460,12 +460,13 @@ class StageEstimates:
 
         actions = stage_plans(domino, base_model, settings)
         will_run = {stage for stage in STAGES if not (actions.get(stage) or actions["synthesis"]).action.startswith("skip")}
+        LOG.info("domino: estimating the stages that will run (%s), timed on a slice of the model here",
+                 ", ".join(sorted(will_run)))
         try:
             raw = {key: value for key, value in dict(cfg).items() if value is not None}
             self.plan = plan_run(domino, base_model, raw, load_references(domino).texts, launch.world_size,
                                  only=will_run | {"sft"})
-            LOG.info("domino: estimated the stages that will run in %.1f s (timed on a slice of the model here)",
-                     self.plan.seconds)
+            LOG.info("domino: estimated the stages in %.1f s", self.plan.seconds)
         except Exception as exc:  # noqa: BLE001 - an estimate is advice; the run goes on without it
             LOG.warning("domino: no time estimates for this run (%s: %s); `axolotl domino plan CONFIG` shows why",
                         type(exc).__name__, exc)

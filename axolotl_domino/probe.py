@@ -8,14 +8,14 @@ mostly everything but its matmuls. So the planner times the code each stage runs
 the DOMINO loss on one micro-batch (`loss.domino_loss`, forward and backward), the decode loop
 (`hf.decode`), a forward pass over prompts, and an SFT micro-batch (forward, backward, optimizer step). It
 runs them on the base model built from its config with only its first decoder layers (random weights, the
-stages' dtype, attention and autocast), once with one layer and once with `PROBE_LAYERS`, and extrapolates
+stages' dtype, attention and autocast), with one layer and with `PROBE_LAYERS`, and extrapolates
 linearly in layers:
 
     t(L layers) = t(1) + (L - 1) * (t(PROBE_LAYERS) - t(1)) / (PROBE_LAYERS - 1)
 
 The intercept holds what does not repeat per layer: embeddings, the output head and the loss over the
-vocabulary, sampling, Python. Each time is the fastest of `REPEATS` runs after a warm-up: load from other
-work on the node slows some runs, not the fastest. No weights are read and nothing is written.
+vocabulary, sampling, Python. Each is the fastest of `REPEATS` runs after a warm-up: load from other work on the
+node slows some runs, not the fastest. No weights are read and nothing is written.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 from axolotl_domino.hf import decode, last_logits, row_seeds, warpers
 from axolotl_domino.loss import domino_loss, prefix_logprobs
 
-PROBE_LAYERS = 3
-REPEATS = 2
+PROBE_LAYERS = 4
+REPEATS = 3
 DECODE_STEPS = 4  # decode steps per timed run
 
 
@@ -71,37 +71,31 @@ class Probe:
         self._trainable: dict[tuple[LoraSpec | None, bool], PreTrainedModel] = {}
 
     def _time(self, prepare: Callable[[PreTrainedModel], Callable[[], object]], model: PreTrainedModel | None = None) -> float:
-        """Seconds of the thunk `prepare(model)` returns, for the whole model: timed with 1 and PROBE_LAYERS layers."""
+        """Seconds of the thunk `prepare(model)` returns, for the whole model: the fastest of REPEATS runs (after a
+        warm-up) with 1 layer and with PROBE_LAYERS, extrapolated in layers. Each layer count runs its repeats in a
+        row: alternating them made every run allocate afresh, and fresh pages cost this VM 0.24 s a GiB, which
+        doubled a decode step's time."""
         model = model or self.model
         counts = sorted({1, self.probe_layers})
-        seconds = [self._fastest(prepare, model, layers) for layers in counts]
-        if len(seconds) > 1 and seconds[1] <= seconds[0]:  # noise swamped the layers' share: once more, both
-            seconds = [self._fastest(prepare, model, layers) for layers in counts]
+        seconds = [min([self._run(prepare, model, layers) for _ in range(REPEATS + 1)][1:]) for layers in counts]
         _use_layers(model, self.probe_layers)
         if len(seconds) == 1:
             return seconds[0]
-        # Still no larger with more layers: price every layer at the slice's average, an upper bound.
-        if seconds[1] > seconds[0]:
-            per_layer = (seconds[1] - seconds[0]) / (self.probe_layers - 1)
-        else:
+        per_layer = (seconds[1] - seconds[0]) / (self.probe_layers - 1)
+        if per_layer <= 0:  # noise swamped the layers' share: every layer at the slice's average, an upper bound
             per_layer = seconds[1] / self.probe_layers
         return seconds[0] + (self.layers - 1) * per_layer
 
-    def _fastest(self, prepare: Callable[[PreTrainedModel], Callable[[], object]], model: PreTrainedModel,
-                 layers: int) -> float:
-        """The fastest of REPEATS runs, after a warm-up, of `model` cut to `layers` layers."""
+    def _run(self, prepare: Callable[[PreTrainedModel], Callable[[], object]], model: PreTrainedModel, layers: int) -> float:
+        """Seconds of one run of `model` cut to `layers` layers."""
         _use_layers(model, layers)
-        best = float("inf")
-        for repeat in range(REPEATS + 1):
-            run = prepare(model)
-            self._sync()
-            start = time.perf_counter()
-            with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else nullcontext():
-                run()
-            self._sync()
-            if repeat:  # the first run warms up
-                best = min(best, time.perf_counter() - start)
-        return best
+        run = prepare(model)
+        self._sync()
+        start = time.perf_counter()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else nullcontext():
+            run()
+        self._sync()
+        return time.perf_counter() - start
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -147,16 +141,17 @@ class Probe:
         with torch.no_grad():
             return self._time(prepare) / DECODE_STEPS
 
-    def forward(self, rows: int, length: int, every_position: bool = False) -> float:
+    def forward(self, rows: int, length: int, every_position: bool = False, prefix: int = 1) -> float:
         """A forward pass over `rows` prompts of `length` tokens: the next-token logits of the last position
-        (prefill), or with `every_position` the log-likelihood of every token (scoring, as the diagnostics do)."""
+        (prefill), or with `every_position` the log-likelihood of every token after a soft prefix of `prefix`
+        vectors (scoring, as the diagnostics do)."""
         ids = self._ids(rows, length)
         mask = torch.ones_like(ids)
 
         def prepare(model: PreTrainedModel) -> Callable[[], object]:
             if every_position:
-                prefix = torch.randn(1, self.hidden, device=self.device)
-                return lambda: prefix_logprobs(model, prefix, ids, mask, length_normalized=True)
+                vectors = torch.randn(prefix, self.hidden, device=self.device)
+                return lambda: prefix_logprobs(model, vectors, ids, mask, length_normalized=True)
             return lambda: last_logits(model, input_ids=ids, attention_mask=mask, use_cache=True)
 
         with torch.no_grad():

@@ -109,8 +109,8 @@ def compare(plan: dict, stages: dict[str, float], phases: dict[str, float], wall
 
 # (phase, the log line that ends it), in the order a quickstart from scratch logs them.
 MARKS = [
-    ("outer start-up: axolotl train, accelerate, config, preflight", "domino: estimated the stages"),
-    ("the plan's estimates (timed on a slice of the model)", "domino: inducing the domain: "),
+    ("outer start-up: axolotl train, accelerate, config, preflight", "domino: estimating the stages"),
+    ("the plan's estimates (timed on a slice of the model)", "domino: estimated the stages"),
     ("induction child start-up: imports, tokenising, model", "[axolotl.train] Starting trainer"),
     ("induction steps and evals", "[axolotl.train] Training completed!"),
     ("induction save and exit", "domino: synthesising"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 from axolotl_domino.args import DominoConfig
 from axolotl_domino.cli import domino
 from axolotl_domino.estimate import (
-    CHILD_START_S, DECODE_BANDWIDTH_EFFICIENCY, TRAIN_EFFICIENCY, ModelShape, NominalSpeeds, RunFacts, estimate,
+    CHILD_START_S, DECODE_BANDWIDTH_EFFICIENCY, TRAIN_EFFICIENCY, UNFINISHED_SHARE, ModelShape, NominalSpeeds, RunFacts, estimate,
     generation_seconds, model_shape,
 )
 
@@ -75,9 +76,12 @@ def test_nominal_hardware_prices_training_by_flops_and_decoding_by_bytes():
     step = lambda batch, context: (2e9 + batch * context * 10 * 2 * 100 * 2) / (100e9 * DECODE_BANDWIDTH_EFFICIENCY["hf-static"])
     assert speeds.decode_step(100, 8, 1.0, "hf-static") == pytest.approx(step(100, 8))
     assert speeds.decode_step(100, 8, 1.0, "hf") == pytest.approx(step(100, 8) * 0.5 / 0.13)  # the dynamic loop
-    # Rows end after 10 tokens (the references' length): 50 steps of the fixed cost, 10 of each row's.
-    rows = 100 * 10 * (step(2, 8) - step(1, 8)) + 100 * 10 * 5 * (step(1, 9) - step(1, 8))
-    assert stages["synthesis"].seconds == pytest.approx(50 * step(0, 0) + rows + CHILD_START_S["cuda"])
+    # Samples are as long as the references (10 tokens), UNFINISHED_SHARE of them cut at 50: a batch of 100 has one
+    # with probability p, and runs 50 steps then, else 10 (16: its ends are read every 16 steps), every row in every
+    # step (the static loop), at a mean context of 8 + steps / 2 positions.
+    p = 1 - (1 - UNFINISHED_SHARE) ** 100
+    steps = min(50, 16 * math.ceil((p * 50 + (1 - p) * 10) / 16))
+    assert stages["synthesis"].seconds == pytest.approx(steps * step(100, 8 + steps / 2) + CHILD_START_S["cuda"])
     assert "responses" not in stages and "sft" not in stages and "scorecard" not in stages
 
 
@@ -93,11 +97,16 @@ class _LinearDecode:
         return rows * length * 1e-4
 
 
-def test_generation_cost_is_cap_steps_of_the_fixed_cost_and_each_rows_expected_tokens():
-    seconds = generation_seconds(_LinearDecode(), rows=20, batch=10, context=30, cap=100, expected=12,
+def test_a_batch_costs_its_longest_rows_steps_and_each_rows_own_tokens():
+    # Rows of 4 or 12 tokens, batches of 10: almost every batch has a row of 12, so it runs 12 steps.
+    dynamic = generation_seconds(_LinearDecode(), rows=20, batch=10, context=30, cap=100, lengths=[4, 12],
                                  temperature=1.0, prompt=30)
-    rows = 20 * 12 * (0.01 + 0.001 * (30 + 12 / 2))  # each row's tokens at its average context
-    assert seconds == pytest.approx(2 * 100 * 0.5 + rows + 2 * 10 * 30 * 1e-4)
+    steps = 12 * (1 - 0.5**10) + 4 * 0.5**10
+    rows = 20 * 8 * (0.01 + 0.001 * (30 + 8 / 2))  # each row's tokens (8 on average) at its average context
+    assert dynamic == pytest.approx(2 * steps * 0.5 + rows + 2 * 10 * 30 * 1e-4, rel=0.01)
+    static = generation_seconds(_LinearDecode(), rows=20, batch=10, context=30, cap=100, lengths=[4, 12],
+                                temperature=1.0, backend="hf-static")
+    assert static == pytest.approx(2 * 16 * (0.5 + 10 * (0.01 + 0.001 * (30 + 8))))  # 16 steps: ends read every 16
 
 
 def test_the_probe_extrapolates_a_slice_to_the_whole_model_in_layers(monkeypatch):
