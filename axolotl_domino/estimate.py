@@ -188,7 +188,9 @@ class MeasuredSpeeds:
 
     @cache
     def decode_step(self, batch, context, temperature, backend="hf") -> float:
-        if backend != "hf":  # not timed here (vLLM; a compiled static loop): the bytes it reads, as on other hardware
+        if backend == "vllm" or (backend == "hf-static" and self.device == "cuda"):
+            # Not timed here (vLLM; the static loop compiled into CUDA graphs): the bytes it reads, as on other hardware.
+            # On a CPU the static loop runs eagerly, near the dynamic loop the probe times.
             return _bandwidth_step(self.shape, batch, context, 2 if self.precision.infer_bf16 else 4, self.bandwidth,
                                    DECODE_BANDWIDTH_EFFICIENCY[backend])
         return self._infer.decode_step(batch, context, temperature)

@@ -69,8 +69,10 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def test_bf16_keeps_the_induced_domains_loss_and_greedy_samples(smollm2, induced):
     """What a CPU's bf16 units (domino.cpu_bf16) may change: rounding, not what D* means.
 
-    Tolerance: L1 and L2 of the induced D*, S within 3% of float32 (bf16 weights and activations: 1.5% measured
-    on this D*, 0.07% on the quickstart's; training moves L1 by about 1 here); greedy text from D* and greedy
+    Tolerance: L1 of the induced D*, S within 3% of float32 (bf16 weights and activations: 1.5% measured on this
+    D*, 0.07% on the quickstart's; training moves L1 by about 1 here), and L2 within 3% of L1: L2 is a difference of
+    log-likelihoods as large as L1 and can end near 0, where a share of itself is no tolerance (on a CPU with AMX,
+    2026-12-04: L2 -0.199 / -0.184, 0.7% of L1, 7% of L2); greedy text from D* and greedy
     answers to 4 references identical for their first 8 tokens (bf16 keeps 8 significant bits, so a
     near-tie between two tokens can flip later on; the answers then stay plausible, not identical).
     """
@@ -99,7 +101,7 @@ def test_bf16_keeps_the_induced_domains_loss_and_greedy_samples(smollm2, induced
     (full, text32, answers32), (half, text16, answers16) = runs[torch.float32], runs[torch.bfloat16]
     measured = f"L1 {full.l1.item():.4f} / {half.l1.item():.4f}, L2 {full.l2.item():.4f} / {half.l2.item():.4f}"
     assert half.l1.item() == pytest.approx(full.l1.item(), rel=0.03), measured
-    assert half.l2.item() == pytest.approx(full.l2.item(), rel=0.03), measured
+    assert abs(half.l2.item() - full.l2.item()) <= 0.03 * abs(full.l1.item()), measured
     assert _common_prefix(text32, text16) >= 8, (tokenizer.decode(text32), tokenizer.decode(text16))
     assert all(_common_prefix(a, b) >= 8 for a, b in zip(answers32, answers16)), (answers32, answers16)
 
