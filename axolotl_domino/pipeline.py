@@ -450,7 +450,7 @@ class StageEstimates:
     logged by global rank 0 as the stage starts, so that a CPU user sees "induction: about 14 min" before waiting.
 
     Made once, before the first stage: the stages' code is timed on a slice of the model for the stages that will
-    run (a few seconds). An estimate that cannot be made is logged as such; it never stops the run."""
+    run (seconds to a minute, logged). An estimate that cannot be made is logged as such; it never stops the run."""
 
     def __init__(self, domino: DominoConfig, base_model: str, cfg: Any, settings: Mapping[str, Any], launch: Launch):
         self.plan = None
@@ -458,15 +458,15 @@ class StageEstimates:
             return
         from axolotl_domino.estimate import STAGES, plan_run
 
-        actions = stage_plans(domino, base_model, settings)
-        will_run = {stage for stage in STAGES if not (actions.get(stage) or actions["synthesis"]).action.startswith("skip")}
-        LOG.info("domino: estimating the stages that will run (%s), timed on a slice of the model here",
-                 ", ".join(sorted(will_run)))
         try:
+            actions = stage_plans(domino, base_model, settings)
+            will_run = {s for s in STAGES if not (actions.get(s) or actions["synthesis"]).action.startswith("skip")}
+            LOG.info("domino: estimating the stages that will run, timed on a slice of the model here")
             raw = {key: value for key, value in dict(cfg).items() if value is not None}
             self.plan = plan_run(domino, base_model, raw, load_references(domino).texts, launch.world_size,
                                  only=will_run | {"sft"})
-            LOG.info("domino: estimated the stages in %.1f s", self.plan.seconds)
+            LOG.info("domino: estimated the stages in %.1f s (%s)", self.plan.seconds,
+                     ", ".join(stage.stage for stage in self.plan.stages))
         except Exception as exc:  # noqa: BLE001 - an estimate is advice; the run goes on without it
             LOG.warning("domino: no time estimates for this run (%s: %s); `axolotl domino plan CONFIG` shows why",
                         type(exc).__name__, exc)
@@ -477,7 +477,11 @@ class StageEstimates:
             return
         found = [self.plan.by_stage[stage] for stage in stages if stage in self.plan.by_stage]
         if kept is not None and "sft" in stages:
-            found = [self.plan.sft_with(kept)]
+            try:
+                found = [self.plan.sft_with(kept)]
+            except Exception as exc:  # noqa: BLE001 - as above
+                LOG.warning("domino: no time estimate for the SFT (%s: %s)", type(exc).__name__, exc)
+                return
         if not found:
             return
         seconds = sum(stage.seconds for stage in found)

@@ -275,3 +275,32 @@ def test_a_login_node_that_resolves_precision_otherwise_still_sees_the_gpu_induc
     assert status.startswith("induction: up to date (with {'bf16': True, 'tf32': True} as resolved where it ran")
     domino.induction.learning_rate = 0.5  # a real change is still one
     assert induction_status(domino, "model", on_login_node).startswith("induction: missing or stale")
+
+
+def test_stage_estimates_are_logged_as_stages_start_and_never_stop_the_run(tmp_path, tiny_model_dir, caplog, monkeypatch):
+    from axolotl_domino import estimate
+    from axolotl_domino.pipeline import StageEstimates
+
+    domino = _domino(tmp_path, num_domain_tokens=2, num_sample_tokens=2, micro_batch_size=2, eval_steps=0)
+    domino.synthesis.num_samples, domino.synthesis.max_new_tokens = 4, 4
+    cfg = DictDefault({"base_model": str(tiny_model_dir), "domino": domino.model_dump(), "micro_batch_size": 1,
+                       "sequence_len": 64, "adapter": "lora"})
+    with caplog.at_level("INFO", logger="axolotl.integrations.domino"):
+        estimates = StageEstimates(domino, str(tiny_model_dir), cfg, {}, Launch(0, 0, 1, 1))
+        estimates.log("induction")
+        estimates.log("sft", kept=3)
+    assert "(induction, synthesis, filters, scorecard, sft)" in caplog.text  # no responses: they are off
+    assert "domino: induction: about" in caplog.text and "domino: sft: about" in caplog.text
+    assert "3 micro-batches of 1 x 64 tokens" in caplog.text  # the 3 rows kept, one a micro-batch, padded to 64
+    caplog.clear()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no slice today")
+
+    monkeypatch.setattr(estimate, "plan_run", broken)
+    with caplog.at_level("INFO", logger="axolotl.integrations.domino"):
+        estimates = StageEstimates(domino, str(tiny_model_dir), cfg, {}, Launch(0, 0, 1, 1))
+        estimates.log("induction")
+    assert "no time estimates for this run (RuntimeError: no slice today)" in caplog.text
+    assert "induction: about" not in caplog.text
+    assert StageEstimates(domino, str(tiny_model_dir), cfg, {}, Launch(1, 1, 2, 2)).plan is None  # rank 0 alone
