@@ -12,6 +12,7 @@ units (AMX, AVX512-BF16, Arm BF16), where it is faster, and float32 where it has
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -146,6 +147,19 @@ def cpu_device_map(cfg: MutableMapping[str, Any]) -> None:
         if cfg.get("device_map") not in (None, {"": "cpu"}):
             LOG.info("domino: no CUDA, setting device_map: {'': 'cpu'} for %s CPU ranks", cfg.get("world_size"))
             cfg["device_map"] = {"": "cpu"}
+
+
+def cpu_data_parallel() -> None:
+    """Make the ranks of a multi-process CPU launch one data-parallel job (DDP over gloo).
+
+    The Trainer's `Accelerator` is built without `cpu=True`, which on a machine without CUDA means "not
+    distributed": each rank of a `torchrun` launch then trained alone, on the same batches, and saved as the
+    main process. accelerate reads ACCELERATE_USE_CPU (what `accelerate launch --cpu` sets) for exactly this.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("ACCELERATE_USE_CPU") is None:
+        LOG.info("domino: no CUDA, %s ranks: ACCELERATE_USE_CPU=true, so that they train as one data-parallel job "
+                 "(gloo)", os.environ["WORLD_SIZE"])
+        os.environ["ACCELERATE_USE_CPU"] = "true"
 
 
 def cuda_available() -> bool:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
 
 from axolotl_domino import cpu
-from axolotl_domino.cpu import CpuConfigError, apply_cpu_defaults, cpu_device_map, use_cpu_bf16
+from axolotl_domino.cpu import CpuConfigError, apply_cpu_defaults, cpu_data_parallel, cpu_device_map, use_cpu_bf16
 
 
 def test_sets_safe_values_and_logs_each(caplog):
@@ -101,3 +102,18 @@ def test_multi_process_cpu_device_map():
     single = {"world_size": 1, "device": "cpu", "device_map": "auto"}
     cpu_device_map(single)
     assert single["device_map"] == "auto"
+
+
+def test_several_cpu_ranks_are_told_to_accelerate_as_one_cpu_job(monkeypatch):
+    """accelerate (AcceleratorState) builds a MULTI_CPU state, DDP over gloo, only when ACCELERATE_USE_CPU says the job
+    is on CPUs; what that gives is checked end to end in integration_tests/test_zero3_e2e.py (the DDP run)."""
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    cpu_data_parallel()
+    assert "ACCELERATE_USE_CPU" not in os.environ  # one process: nothing to join
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cpu_data_parallel()
+    assert os.environ["ACCELERATE_USE_CPU"] == "true"
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "false")  # the user's own choice stands
+    cpu_data_parallel()
+    assert os.environ["ACCELERATE_USE_CPU"] == "false"
