@@ -44,10 +44,10 @@ def check_in_batch_negatives(contrastive: bool, negatives: str, micro_batch_size
         )
 
 
-def refuse_zero3_induction(deepspeed: Any, key: str) -> None:
-    """Induction reads D, S and the embedding scale outside the model's forward, where ZeRO-3 leaves them empty.
+def zero_stage(deepspeed: Any) -> int:
+    """0, or the ZeRO stage of a YAML's `deepspeed:`: a shipped name (zero1/2/3), a JSON path or an inline mapping.
 
-    `deepspeed` is what the YAML gives: a shipped name (zero1/2/3), a JSON path or an inline mapping.
+    An unreadable file counts as 0 here: Axolotl reports it itself.
     """
     if isinstance(deepspeed, str):
         shipped = Path(__file__).parent / "deepspeed_configs" / f"{deepspeed}.json"
@@ -55,13 +55,18 @@ def refuse_zero3_induction(deepspeed: Any, key: str) -> None:
         try:
             deepspeed = json.loads(path.read_text())
         except (OSError, ValueError):
-            return  # Axolotl reports an unreadable DeepSpeed file itself
+            return 0
     stage = ((deepspeed or {}).get("zero_optimization") or {}).get("stage") if isinstance(deepspeed, dict) else None
-    if stage == 3:
+    return stage if isinstance(stage, int) else 0
+
+
+def check_zero3_induction(deepspeed: Any, keep: str, key: str) -> None:
+    """`keep: best` picks D from the diagnostics' evals, which do not run under ZeRO-3 (see diagnostics.py)."""
+    if zero_stage(deepspeed) == 3 and keep == "best":
         raise ConfigError(
-            f"{key}: ZeRO-3 partitions the model, and domain induction reads D, S and the embedding scale outside "
-            "the forward pass, where ZeRO-3 leaves them empty. Use ZeRO-2 or ZeRO-1 for induction "
-            "(domino.induction.axolotl: {deepspeed: zero2}); ZeRO-3 for the SFT stage is fine."
+            f"{key}: under ZeRO-3 the induction diagnostics do not run (the probe samples on rank 0 alone, and a "
+            "partitioned model needs every rank in each forward pass), so domino.induction.keep: best has no evals "
+            "to choose from. Set domino.induction.keep: last, or induce with ZeRO-2 when the model fits on one GPU."
         )
 
 

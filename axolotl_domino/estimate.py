@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from axolotl_domino.args import DominoConfig
+from axolotl_domino.args import DominoConfig, zero_stage
 from axolotl_domino.cpu import cpu_bf16_units, cpu_trains_bf16, use_cpu_bf16
 from axolotl_domino.hf import AUTO_BATCH_LIMIT, fitting_batch, free_memory, rank_device, static_decoding
 from axolotl_domino.loss import LOGIT_CHUNK_TOKENS
@@ -73,6 +73,12 @@ SANDBOX_S = 0.04  # one execution-filter run in the sandbox, per worker (quickst
 SCORECARD_S = 1.0  # the scorecard's embedder load, plots and tests (quickstart: 1.8 s with 164 texts)
 EMBED_S_PER_TEXT = 0.005  # MiniLM on a CPU core pair
 LOAD_BYTES_PER_S = 1e9  # loading a model's weights inside a running process (the in-process synthesis)
+# Induction under ZeRO-3: each rank keeps 1/N of the weights plus the layers being gathered (the one in use and the
+# one prefetched), and every pass of the model over a step's sequences gathers all of them again: the loss runs the
+# model twice for L1 (D, then the references on its cache) and twice more for L2, forward and backward. The
+# all-gather's rate per GPU is an assumption (NVLink nodes reach several times this; PCIe or a network far less).
+ZERO3_LIVE_LAYERS = 2
+ALLGATHER_BYTES_PER_S = 100e9
 
 
 @dataclass
@@ -425,8 +431,8 @@ def _estimate(domino, sft, shape, facts, speeds, world_size, dtype_bytes, only) 
         steps = ind.max_steps or math.ceil(steps_per_epoch * ind.num_epochs)
         padded = round(expected_longest(facts.reference_tokens, mb + extra))  # references pad to the micro-batch's longest
         step_s = speeds.induction_step(k, l, mb, extra, padded, ind.likelihood == "length_normalized")
-        train = steps * ind.gradient_accumulation_steps * step_s
-        evals = (steps // ind.eval_steps + (steps % ind.eval_steps > 0)) if ind.eval_steps else 0
+        zero3 = zero_stage(ind.axolotl.get("deepspeed")) == 3
+        evals = (steps // ind.eval_steps + (steps % ind.eval_steps > 0)) if ind.eval_steps and not zero3 else 0  # skipped
         r = min(ind.eval_references, n)
         per_eval = (
             generation_seconds(speeds, ind.eval_samples, min(ind.eval_samples, syn.batch_size or ind.eval_samples), k,
@@ -436,12 +442,23 @@ def _estimate(domino, sft, shape, facts, speeds, world_size, dtype_bytes, only) 
             + speeds.forward(r, round(mean_t), every_position=True, prefix=k)  # reference NLL under D
         ) if evals else 0.0
         micro_tokens = mb * (k + l) + (mb + extra) * mean_t
-        peak = (weights + micro_tokens * shape.layers * shape.hidden * ACTIVATION_BYTES
-                + min(micro_tokens, LOGIT_CHUNK_TOKENS) * shape.vocab * 4 * 3 + (k + n * l) * shape.hidden * 4 * 4)
+        trainable = (k + n * l) * shape.hidden * 4 * 4  # D and S: float32 parameter, gradient, two Adam moments
+        resident, sharding = weights, ""
+        if zero3 and world_size > 1:
+            # A rank holds its shard of everything, the layers being gathered, and D and S whole while they are used.
+            resident = weights / world_size + ZERO3_LIVE_LAYERS * weights / shape.layers
+            trainable = trainable / world_size + (k + n * l) * shape.hidden * dtype_bytes * 2
+            gather_s = (4 if l else 2) * 2 * weights * (world_size - 1) / world_size / ALLGATHER_BYTES_PER_S
+            step_s += gather_s
+            sharding = (f"; ZeRO-3 over {world_size}: {_s(gather_s)} a micro-batch gathering weights at an assumed "
+                        f"{ALLGATHER_BYTES_PER_S / 1e9:.0f} GB/s")
+        train = steps * ind.gradient_accumulation_steps * step_s
+        peak = (resident + micro_tokens * shape.layers * shape.hidden * ACTIVATION_BYTES
+                + min(micro_tokens, LOGIT_CHUNK_TOKENS) * shape.vocab * 4 * 3 + trainable)
         stages.append(StageEstimate(
             "induction", train + evals * per_eval + child_start, int(peak),
             f"{steps} steps x {_s(step_s)} a micro-batch of {mb} (+{extra} negatives) x {padded} tokens; "
-            f"{evals} evals x {_s(per_eval)}",
+            f"{evals} evals x {_s(per_eval)}{sharding}",
         ))
 
     batch = batch_size(syn.batch_size, k, syn.max_new_tokens)
@@ -527,7 +544,7 @@ def _sft_estimate(sft: dict, shape: ModelShape, facts: RunFacts, speeds: Speeds,
     weights = shape.params * 2
     # Full SFT: weights and gradients in the training dtype, float32 master copy and two Adam moments
     # (12 bytes a parameter); ZeRO-1/2/3 shard the optimizer state / + gradients / + weights over the ranks.
-    zero = _zero_stage(sft.get("deepspeed"))
+    zero = zero_stage(sft.get("deepspeed"))
 
     def share(size: float, from_stage: int) -> float:
         return size / world_size if zero >= from_stage else size
@@ -557,11 +574,6 @@ def _lora_spec(sft: dict) -> LoraSpec | None:
     r = int(sft.get("lora_r") or 8)
     return LoraSpec(r=r, alpha=float(sft.get("lora_alpha") or 2 * r), dropout=float(sft.get("lora_dropout") or 0.0),
                     target_modules=target)
-
-
-def _zero_stage(deepspeed: Any) -> int:
-    """0, or the ZeRO stage of a YAML's `deepspeed:` given as one of our shipped names (zero1/2/3)."""
-    return int(deepspeed[-1]) if isinstance(deepspeed, str) and deepspeed in ("zero1", "zero2", "zero3") else 0
 
 
 def _s(seconds: float) -> str:

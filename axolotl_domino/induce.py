@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,22 +60,42 @@ class SampleTokens(nn.Module):
         return {name: param.detach().float().cpu().contiguous() for name, param in self.named_parameters()}
 
 
+@contextmanager
+def gathered(*params: nn.Parameter) -> Iterator[None]:
+    """The whole of each parameter, for a read outside a forward pass.
+
+    Under ZeRO-3 `param.data` holds nothing outside a forward (each rank keeps its shard elsewhere); DeepSpeed's
+    `GatheredParameters` assembles them, on every rank at once, so every rank must call this. Without ZeRO-3
+    it does nothing.
+    """
+    partitioned = [param for param in params if hasattr(param, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
+        yield
+
+
 def embedding_scale(model: PreTrainedModel) -> float:
     """Mean L2 norm of a token embedding, divided by sqrt(hidden): the per-entry std of real inputs."""
-    weight = model.get_input_embeddings().weight.detach().float()
-    return (weight.norm(dim=1).mean() / weight.shape[1] ** 0.5).item()
+    with gathered(model.get_input_embeddings().weight):
+        weight = model.get_input_embeddings().weight.detach().float()
+        return (weight.norm(dim=1).mean() / weight.shape[1] ** 0.5).item()
 
 
 def initial_domain_tokens(model: PreTrainedModel, tokenizer: Any, settings: InductionConfig) -> Tensor:
     """D at step 0: scaled noise, or the embeddings of `init_text` repeated to k tokens."""
     k = settings.num_domain_tokens
-    embeddings = model.get_input_embeddings().weight.detach().float()
     if settings.init == "text":
         ids = tokenizer(settings.init_text, add_special_tokens=False)["input_ids"]
         ids = (ids * (k // len(ids) + 1))[:k]
-        return embeddings[torch.tensor(ids)].clone()
+        with gathered(model.get_input_embeddings().weight):
+            return model.get_input_embeddings().weight.detach().float()[torch.tensor(ids)].clone()
     gen = torch.Generator().manual_seed(settings.seed)
-    return torch.randn(k, embeddings.shape[1], generator=gen) * embedding_scale(model)
+    hidden = model.config.get_text_config().hidden_size
+    return torch.randn(k, hidden, generator=gen) * embedding_scale(model)
 
 
 def prompt_tuning_config(settings: InductionConfig, base_model: str | None = None) -> PromptTuningConfig:
@@ -121,11 +143,18 @@ class DominoPromptModel(PeftModelForCausalLM):
             ).to(model.device)
         )
         self._warned_checkpointing = False
+        self._saving: dict[str, Tensor] | None = None  # the state dict save_pretrained was given, while it runs
 
     @property
     def domain_tokens(self) -> Tensor:
-        """D, [k, hidden]."""
+        """D, [k, hidden]: the parameter itself (empty outside a forward pass under ZeRO-3)."""
         return self.prompt_encoder[self.active_adapter].embedding.weight
+
+    def _domain_forward(self) -> Tensor:
+        """D as the loss reads it: through its embedding module, whose ZeRO-3 hooks gather a partitioned D on every
+        rank (equal to `domain_tokens`, and its gradient too: each row is looked up once)."""
+        encoder = self.prompt_encoder[self.active_adapter]
+        return encoder(self.prompt_tokens[self.active_adapter].to(encoder.embedding.weight.device))
 
     def forward(self, input_ids=None, attention_mask=None, ref_index=None, negatives=None, **kwargs):
         """DOMINO loss when the batch carries `ref_index`; plain PEFT prompt tuning otherwise."""
@@ -144,7 +173,7 @@ class DominoPromptModel(PeftModelForCausalLM):
         settings = self.domino_settings
         return domino_loss(
             base,
-            self.domain_tokens,
+            self._domain_forward(),
             None if self.domino_sample is None else self.domino_sample(ref_index),
             input_ids,
             attention_mask,
@@ -156,6 +185,12 @@ class DominoPromptModel(PeftModelForCausalLM):
             contrastive_trains_domain=settings.contrastive_trains_domain,
         )
 
+    def get_prompt_embedding_to_save(self, adapter_name: str) -> Tensor:
+        """D for PEFT's adapter file: from the gathered state dict being saved, when there is one (ZeRO-3)."""
+        state = self._saving or {}
+        key = f"prompt_encoder.{adapter_name}.embedding.weight"
+        return state[key].detach().cpu() if key in state else super().get_prompt_embedding_to_save(adapter_name)
+
     def load_sample_tokens(self, directory: str | Path) -> None:
         """Restore S in place from a checkpoint's sample_tokens.safetensors (the optimizer keeps its handles)."""
         if self.domino_sample is None:
@@ -166,13 +201,28 @@ class DominoPromptModel(PeftModelForCausalLM):
                 param.copy_(tensors[name])
 
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
-        """The standard PEFT adapter (D), then S and the run's metadata beside it."""
-        super().save_pretrained(save_directory, **kwargs)
+        """The standard PEFT adapter (D), then S and the run's metadata beside it.
+
+        Under ZeRO-3 the Trainer gathers the trainable parameters on every rank and rank 0 alone saves them, as
+        `state_dict`: D and S are then taken from it, since reading a partitioned parameter there would wait for
+        ranks that are not saving.
+        """
+        self._saving = kwargs.get("state_dict")
+        try:
+            super().save_pretrained(save_directory, **kwargs)
+        finally:
+            self._saving = None
         if not kwargs.get("is_main_process", True):
             return
         directory = Path(save_directory)
         if self.domino_sample is not None:
-            write_atomic(directory / SAMPLE_TOKENS_FILE, save(self.domino_sample.tensors()))
+            state = kwargs.get("state_dict")
+            tensors = (
+                self.domino_sample.tensors() if state is None else
+                {name: state[f"domino_sample.{name}"].detach().float().cpu().contiguous()
+                 for name, _ in self.domino_sample.named_parameters()}
+            )
+            write_atomic(directory / SAMPLE_TOKENS_FILE, save(tensors))
         metadata = json.dumps(self.domino_metadata, indent=2, sort_keys=True) + "\n"
         write_atomic(directory / METADATA_FILE, metadata.encode())
         write_model_card(directory)

@@ -28,16 +28,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, PreTrainedModel
+from transformers.utils import ModelOutput
 
 from axolotl_domino.hf import last_logits, scaled_head
 
 
 @dataclass
-class DominoLossOutput:
-    loss: Tensor  # L1 + lambda * L2 (L1 alone without sample tokens)
-    l1: Tensor
-    l2: Tensor | None  # None when there is no contrastive term
-    accuracy: Tensor | None  # share of anchors whose own X_i beats every negative under [D; S_i]
+class DominoLossOutput(ModelOutput):
+    """A ModelOutput (a dict) like every HF forward's, so that ZeRO-3's hooks find the tensors in it."""
+
+    loss: Tensor | None = None  # L1 + lambda * L2 (L1 alone without sample tokens)
+    l1: Tensor | None = None
+    l2: Tensor | None = None  # None when there is no contrastive term
+    accuracy: Tensor | None = None  # share of anchors whose own X_i beats every negative under [D; S_i]
 
 
 def in_batch_negatives(batch_size: int, device: torch.device | None = None) -> Tensor:

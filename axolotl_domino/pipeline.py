@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from axolotl_domino import child
-from axolotl_domino.args import PUSH_FIELDS, DominoConfig, parse_domino, refuse_zero3_induction
+from axolotl_domino.args import PUSH_FIELDS, DominoConfig, check_zero3_induction, parse_domino
 from axolotl_domino.endpoint import check_endpoint
 from axolotl_domino.estimate import duration, model_config
 from axolotl_domino.files import digest, write_atomic
@@ -97,7 +97,7 @@ def preflight(domino: DominoConfig, base_model: str, trust_remote_code: bool = F
             probe.unlink()
     except OSError as exc:
         raise StageError(f"domino.output_dir: cannot write to {output} ({exc.strerror}); choose a writable folder.") from None
-    refuse_zero3_induction(domino.induction.axolotl.get("deepspeed"), "domino.induction.axolotl.deepspeed")
+    check_zero3_induction(domino.induction.axolotl.get("deepspeed"), domino.induction.keep, "domino.induction.axolotl.deepspeed")
     load_references(domino)
     for repo, key in ((domino.induction.push_to_hub, "domino.induction.push_to_hub"),
                       (domino.dataset.push_to_hub, "domino.dataset.push_to_hub")):

@@ -14,7 +14,7 @@ from typing import Any
 
 from axolotl.integrations.base import AdapterCapabilities, BasePlugin
 
-from axolotl_domino.args import DominoConfig, check_in_batch_negatives, parse_domino, refuse_zero3_induction
+from axolotl_domino.args import DominoConfig, check_in_batch_negatives, check_zero3_induction, parse_domino, zero_stage
 from axolotl_domino.errors import ConfigError, user_errors
 
 LOG = logging.getLogger("axolotl.integrations.domino")
@@ -44,12 +44,13 @@ class DominoPlugin(BasePlugin):
         if domino is None:
             _warn_misspelt_block(cfg)
             return
-        from axolotl_domino.cpu import apply_cpu_defaults, cuda_available
+        from axolotl_domino.cpu import apply_cpu_defaults, cpu_data_parallel, cuda_available
 
         parse_domino(domino, str(cfg.get("axolotl_config_path") or "the YAML"))  # before Axolotl's own validation
         _resolve_deepspeed_name(cfg)
         if domino.get("cpu_safe_defaults", True) and not cuda_available():
             apply_cpu_defaults(cfg)
+            cpu_data_parallel()
         if cfg.get("adapter") == ADAPTER:
             _prepare_induction_config(cfg)
         elif not cfg.get("datasets"):
@@ -133,6 +134,11 @@ class DominoPlugin(BasePlugin):
         """The induction diagnostics (`domino/eval/*`, induction_report.json), unless eval_steps is 0."""
         if not _inducing(cfg) or not _domino(cfg).induction.eval_steps:
             return []
+        if zero_stage(cfg.get("deepspeed")) == 3:
+            LOG.warning("domino: induction diagnostics skipped: under ZeRO-3 every rank must join each forward pass of "
+                        "the partitioned model, and the probe samples on rank 0 alone. D* is measured after induction: "
+                        "the synthesis stage's scorecard (`axolotl domino report`) has its samples' near copies and MMD.")
+            return []
         from axolotl_domino.diagnostics import InductionDiagnostics
         from axolotl_domino.references import load_references
 
@@ -204,7 +210,8 @@ def _prepare_induction_config(cfg: dict[str, Any]) -> None:
             "remove the `datasets:` block (the plugin fills it in)."
         )
     cfg["datasets"] = [{"path": references, "type": REFERENCES_STRATEGY}]
-    refuse_zero3_induction(cfg.get("deepspeed"), "deepspeed")
+    induction = domino.get("induction") or {}
+    check_zero3_induction(cfg.get("deepspeed"), induction.get("keep", "last"), "deepspeed")
     if cfg.get("sample_packing"):
         raise ConfigError(
             f"sample_packing: prompt tuning (adapter: {ADAPTER}) cannot pack samples (PEFT drops position ids); "
@@ -212,7 +219,6 @@ def _prepare_induction_config(cfg: dict[str, Any]) -> None:
         )
     if cfg.get("val_set_size"):
         raise ConfigError(f"val_set_size: adapter: {ADAPTER} trains on every reference; set val_set_size: 0.")
-    induction = domino.get("induction") or {}
     contrastive = (induction.get("num_sample_tokens", 256) or 0) > 0 and not induction.get("l1_only")
     check_in_batch_negatives(
         contrastive, induction.get("negatives", "in_batch"), cfg.get("micro_batch_size") or 1, "micro_batch_size"

@@ -7,6 +7,7 @@ subclass only feeds the batch's reference indices (and sampled negatives) to the
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -19,6 +20,8 @@ from axolotl_domino.errors import ConfigError
 from axolotl_domino.hf import pad_right, pad_token_id
 from axolotl_domino.loss import sample_negatives
 from axolotl_domino.references import INDEX_FIELD
+
+LOG = logging.getLogger("axolotl.integrations.domino.trainer")
 
 
 class DominoCollator:
@@ -53,6 +56,7 @@ class DominoInductionTrainer(AxolotlTrainer, _NoLossPerplexity):
         self._num_sampled_negatives = settings.num_negatives if settings.negatives == "sampled" else 0
         self._negative_rng = torch.Generator().manual_seed(settings.seed + self.args.process_index)
         self._ids_by_index: dict[int, list[int]] | None = None
+        self._sharding_logged = False
 
     def _set_signature_columns_if_needed(self) -> None:
         # The HF Trainer inspects the *base* model's forward for a PEFT model and would drop ref_index.
@@ -97,7 +101,19 @@ class DominoInductionTrainer(AxolotlTrainer, _NoLossPerplexity):
         if checkpoint is not None and os.path.isfile(self._negative_rng_file(checkpoint)):
             self._negative_rng.set_state(load_file(self._negative_rng_file(checkpoint))["state"])
 
+    def _log_sharding(self) -> None:
+        """Under ZeRO-3, say once what share of the parameters this rank holds (1 / ranks when the model is split)."""
+        self._sharding_logged = True
+        params = list(self.accelerator.unwrap_model(self.model).parameters())
+        if not all(hasattr(p, "ds_id") for p in params):
+            return
+        held, total = sum(p.ds_tensor.numel() for p in params), sum(p.ds_numel for p in params)
+        LOG.info("domino: ZeRO-3 partitions the frozen model, D and S over %d ranks: this rank holds %.1f%% of the %d "
+                 "parameters", self.args.world_size, 100 * held / total, total)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self._sharding_logged:
+            self._log_sharding()
         if self._num_sampled_negatives:
             inputs = self._add_sampled_negatives(inputs)
         out = model(**inputs)

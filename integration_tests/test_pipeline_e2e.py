@@ -125,7 +125,8 @@ def test_pipeline_with_two_torchrun_ranks(smollm2, tmp_path):
     assert manifest["world_size"] == 2 and manifest["counts"]["generated"] == 8
     assert len(list((domino_dir / "synthesis").glob("*/samples/samples-*.jsonl"))) == 4
     assert "domino: sampling from D* (rank 1)" in (domino_dir / "synthesis" / "synthesize-rank1.log").read_text()
-    assert "--nproc_per_node=2" in log  # induction ran data-parallel over both ranks
+    assert "--nproc_per_node=2" in log  # induction ran over both ranks,
+    assert "2 ranks: ACCELERATE_USE_CPU=true, so that they train as one data-parallel job" in log  # as one DDP job
     history = json.loads((domino_dir / "induction" / "adapter" / "induction_report.json").read_text())["history"]
     assert [e["step"] for e in history] == [2]  # rank 0 alone ran the diagnostics, once, at the last step
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()

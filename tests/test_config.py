@@ -129,14 +129,16 @@ def test_induction_adapter_fills_in_datasets_and_checks_batch(validate):
 
 
 
-def test_zero3_induction_is_refused_before_any_model_loads(validate, tmp_path):
-    """ZeRO-3 would leave D, S and the embedding table empty where induction reads them: refused, by name,
-    path or inline config; ZeRO-2 is fine. (The CPU checks, which refuse any DeepSpeed here, are off.)"""
+def test_zero3_induction_is_accepted_but_not_with_keep_best(validate, tmp_path):
+    """ZeRO-3 induction runs (tests/test_zero3.py); `keep: best` needs the diagnostics, which ZeRO-3 skips: refused, by
+    name, path or inline config, before any model loads. (The CPU checks, which refuse any DeepSpeed here, are off.)"""
     gpu = {"adapter": "domino_prompt", "datasets": None, "bf16": False, "fp16": False,
            "domino": {"references": {"path": REFS}, "cpu_safe_defaults": False}}
     path = tmp_path / "ds.json"
     path.write_text('{"zero_optimization": {"stage": 3}}')
+    best = {**gpu, "domino": {**gpu["domino"], "induction": {"keep": "best"}}}
     for zero3 in ("zero3", {"zero_optimization": {"stage": 3}}, str(path)):
-        with pytest.raises(ValueError, match="deepspeed: ZeRO-3 partitions the model.*deepspeed: zero2"):
-            validate({**gpu, "deepspeed": zero3})
-    assert validate({**gpu, "deepspeed": "zero2"}).deepspeed.endswith("zero2.json")
+        assert validate({**gpu, "deepspeed": zero3}).deepspeed
+        with pytest.raises(ValueError, match="deepspeed: under ZeRO-3 the induction diagnostics do not run.*keep: last"):
+            validate({**best, "deepspeed": zero3})
+    assert validate({**best, "deepspeed": "zero2"}).deepspeed.endswith("zero2.json")

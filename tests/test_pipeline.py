@@ -194,9 +194,11 @@ def test_preflight_names_the_key_and_the_fix(tmp_path, tiny_model_dir):
         preflight(config(k=300), str(tiny_model_dir))
     with pytest.raises(StageError, match="domino.output_dir: cannot write"):
         preflight(config(output_dir=str(tmp_path / "refs.jsonl" / "out")), str(tiny_model_dir))  # under a file
-    with pytest.raises(ConfigError, match="domino.induction.axolotl.deepspeed: ZeRO-3 partitions"):
-        zero3 = config()
-        zero3.induction.axolotl = {"deepspeed": "zero3"}
+    zero3 = config()
+    zero3.induction.axolotl = {"deepspeed": "zero3"}
+    preflight(zero3, str(tiny_model_dir))  # fine with keep: last
+    with pytest.raises(ConfigError, match="domino.induction.axolotl.deepspeed: under ZeRO-3 the induction diagnostics"):
+        zero3.induction.keep = "best"
         preflight(zero3, str(tiny_model_dir))
     empty = tmp_path / "heldout.jsonl"
     empty.write_text("")

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from axolotl_domino.args import DominoConfig
 from axolotl_domino.cli import domino
 from axolotl_domino.estimate import (
-    CHILD_START_S, DECODE_BANDWIDTH_EFFICIENCY, TRAIN_EFFICIENCY, UNFINISHED_SHARE, ModelShape, NominalSpeeds, RunFacts, estimate,
-    generation_seconds, model_shape,
+    ALLGATHER_BYTES_PER_S, CHILD_START_S, DECODE_BANDWIDTH_EFFICIENCY, TRAIN_EFFICIENCY, UNFINISHED_SHARE, ZERO3_LIVE_LAYERS,
+    ModelShape, NominalSpeeds, RunFacts, estimate, generation_seconds, model_shape,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +83,32 @@ def test_nominal_hardware_prices_training_by_flops_and_decoding_by_bytes():
     steps = min(50, 16 * math.ceil((p * 50 + (1 - p) * 10) / 16))
     assert stages["synthesis"].seconds == pytest.approx(steps * step(100, 8 + steps / 2) + CHILD_START_S["cuda"])
     assert "responses" not in stages and "sft" not in stages and "scorecard" not in stages
+
+
+def test_zero3_induction_holds_a_shard_of_the_weights_and_pays_for_gathering_them():
+    shape = ModelShape(params=10**9, layers=10, hidden=1000, vocab=1000, kv_dim=100)
+    speeds = NominalSpeeds(shape, tflops=1.0, bandwidth_gbs=100.0)
+
+    def induction(deepspeed: str | None, world: int):
+        domino = DominoConfig.model_validate({
+            "references": {"path": str(REPO / "data/mbpp/references_train100.jsonl")},
+            "induction": {"num_domain_tokens": 8, "num_sample_tokens": 8, "micro_batch_size": 2, "max_steps": 2,
+                          "eval_steps": 1, "axolotl": {"deepspeed": deepspeed} if deepspeed else {}},
+        })
+        return estimate(domino, {}, shape, RunFacts([10] * 8), speeds, world_size=world, only={"induction"})[0]
+
+    ddp, zero3 = induction("zero2", 8), induction("zero3", 8)
+    weights = 2e9  # bf16
+    rows = 8 + 8 * 8  # D's k and S's n x l soft tokens of 1000 values: float32 parameter, gradient, two moments
+    assert ddp.peak_bytes - zero3.peak_bytes == pytest.approx(
+        weights - (weights / 8 + ZERO3_LIVE_LAYERS * weights / 10)  # a shard and the layers being gathered
+        + rows * 1000 * 16 * 7 / 8 - rows * 1000 * 2 * 2, abs=2)  # a shard of D and S's state; them whole in bf16
+    # Four passes of the model (L1 and L2), forward and backward, each gathering the 7/8 of the weights held elsewhere;
+    # no evals: the diagnostics do not run under ZeRO-3.
+    gather = 8 * weights * 7 / 8 / ALLGATHER_BYTES_PER_S
+    train = 2 * 84 * 4e9 / (1e12 * TRAIN_EFFICIENCY)
+    assert zero3.seconds == pytest.approx(train + 2 * gather + CHILD_START_S["cuda"])
+    assert "ZeRO-3 over 8" in zero3.basis and "0 evals" in zero3.basis and "2 evals" in ddp.basis
 
 
 class _LinearDecode:
