@@ -107,7 +107,8 @@ def test_multi_process_cpu_device_map():
 def test_several_cpu_ranks_are_told_to_accelerate_as_one_cpu_job(monkeypatch):
     """accelerate (AcceleratorState) builds a MULTI_CPU state, DDP over gloo, only when ACCELERATE_USE_CPU says the job
     is on CPUs; what that gives is checked end to end in integration_tests/test_zero3_e2e.py (the DDP run)."""
-    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "")  # recorded, so the variable is restored (unset) afterwards
+    monkeypatch.delenv("ACCELERATE_USE_CPU")
     monkeypatch.setenv("WORLD_SIZE", "1")
     cpu_data_parallel()
     assert "ACCELERATE_USE_CPU" not in os.environ  # one process: nothing to join
