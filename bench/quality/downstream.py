@@ -118,19 +118,21 @@ def downstream(model, ctx: dict[str, Any], args: argparse.Namespace, run: Path) 
     return out
 
 
-def load_base(model_dir: Path):
+def load_base(model_dir: Path, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
 
 
-def fine_tune(model_dir: Path, rows: list[tuple[list[int], list[int]]], pad_id: int, lr: float):
-    """LoRA on a fresh copy of the base model, one epoch over `rows`; returns the model and the step losses."""
+def fine_tune(model_dir: Path, rows: list[tuple[list[int], list[int]]], pad_id: int, lr: float,
+              seed: int = SFT_SEED, dtype: torch.dtype = torch.float32):
+    """LoRA on a fresh copy of the base model (weights in `dtype`; PEFT keeps the adapter in float32), one epoch
+    over `rows` in an order drawn from `seed`; returns the model and the step losses."""
     from peft import LoraConfig, get_peft_model
 
-    torch.manual_seed(SFT_SEED)  # same LoRA initialisation in every run
-    model = get_peft_model(load_base(model_dir), LoraConfig(task_type="CAUSAL_LM", **LORA)).train()
-    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(SFT_SEED)).tolist()
+    torch.manual_seed(seed)  # the LoRA initialisation: the same in every run of one seed
+    model = get_peft_model(load_base(model_dir, dtype), LoraConfig(task_type="CAUSAL_LM", **LORA)).train()
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
     steps = math.ceil(len(rows) / SFT_BATCH)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
