@@ -227,6 +227,8 @@ KEYED = ("regime", "model", "dtype", "num_pass", "sft_rows", "sft_lr", "response
 def check_settings(args: argparse.Namespace) -> None:
     """OUT/settings.json records the keyed settings of its first run; a later run with others is refused."""
     path, mine = args.out / "settings.json", {key: str(getattr(args, key)) for key in KEYED}
+    if args.regime.resolve().is_relative_to(REPO):  # a checkout elsewhere resumes the same OUT
+        mine["regime"] = str(args.regime.resolve().relative_to(REPO))
     if not path.exists():
         write_atomic(path, json.dumps(mine, indent=2).encode())
     elif (earlier := json.loads(path.read_text())) != mine:
