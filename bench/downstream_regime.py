@@ -105,11 +105,10 @@ def cell_dir(args: argparse.Namespace, row: str, seed: int | None) -> Path:
     return args.out / row / ("" if seed is None else f"seed{seed}")
 
 
-def statements(args: argparse.Namespace, row: str, seed: int) -> tuple[list[str], dict[str, Any]]:
+def statements(args: argparse.Namespace, row: str, seed: int, references: list[str]) -> tuple[list[str], dict[str, Any]]:
     """The finished statements a row fine-tunes on, and what the regime run measured of them."""
     if row == "references":
-        texts = [r["text"] for r in read_jsonl(args.regime / "references.jsonl")]
-        return texts, {"data_near_copy_share": 1.0}
+        return references, {"data_near_copy_share": 1.0}
     raw, scored = args.regime / row / f"seed{seed}.raw.json", args.regime / row / f"seed{seed}.json"
     if not raw.exists():
         sys.exit(f"{raw}: no texts of {row} seed {seed}; run bench/regime.py with --defer-scoring for it first")
@@ -158,7 +157,7 @@ def run_cell(row: str, seed: int | None, ctx: dict[str, Any], args: argparse.Nam
     started = time.perf_counter()
     if row == "base":
         return {"row": row, "seed": seed, **measure(ctx["base"], ctx, args, run), "total_s": time.perf_counter() - started}
-    texts, info = statements(args, row, seed)
+    texts, info = statements(args, row, seed, ctx["references"])
     replies = ctx["journal"].answer(ctx["base"], ctx["tokenizer"], texts, args)
     answered = time.perf_counter()
     pairs = [(t, a) for t, (a, done) in zip(texts, replies) if done]
@@ -179,8 +178,8 @@ def finished_cells(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(args.out.glob("**/result.json"))]
 
 
-def mean_sd(values: list[float]) -> str:
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+def mean_sd(values: list[float], digits: int) -> str:
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}" if len(values) > 1 else f"{values[0]:.{digits}f}"
 
 
 def paired(cells: list[dict[str, Any]], a: str, b: str, key: str) -> tuple[float, float, int] | None:
@@ -203,7 +202,8 @@ def summary(cells: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str,
              "| --- | --- |" + " --- |" * (len(MEASURES) + 1)]
     for row in rows:
         mine = [c for c in cells if c["row"] == row]
-        values = [mean_sd([c[key] for c in mine]) if all(key in c for c in mine) else "" for key, _, _ in MEASURES]
+        values = [mean_sd([c[key] for c in mine], digits) if all(key in c for c in mine) else ""
+                  for key, _, digits in MEASURES]
         minutes = np.mean([c["total_s"] for c in mine]) / 60
         seeds = ",".join(str(c["seed"]) for c in mine if c["seed"] is not None) or "-"
         lines.append(f"| `{row}` | {seeds} | " + " | ".join(values) + f" | {minutes:.1f} |")
@@ -249,7 +249,12 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         problems = mbpp_test_problems()[: args.num_pass]
         gold = {r["task_id"]: r["code"] for r in read_jsonl(MBPP)}
-        references = read_jsonl(TRAIN_REFERENCES)[: len(read_jsonl(args.regime / "references.jsonl"))]
+        references = [r["text"] for r in read_jsonl(args.regime / "references.jsonl")]
+        # The regime study trained on the first references of TRAIN_REFERENCES; their task_ids give the gold code.
+        train = read_jsonl(TRAIN_REFERENCES)[: len(references)]
+        if [r["text"] for r in train] != references:
+            sys.exit(f"{args.regime / 'references.jsonl'}: not the first {len(references)} statements of "
+                     f"{TRAIN_REFERENCES}; the reference solutions cannot be found")
         ctx = {
             "model_dir": model_dir,
             "tokenizer": tokenizer,
@@ -257,7 +262,8 @@ def main() -> None:
             "problems": problems,
             "solution_rows": chat_rows(tokenizer, problem_turns([p["text"] for p in problems],
                                                                 [fenced(p["code"]) for p in problems]), {"assistant"}),
-            "reference_code": [gold[r["task_id"]].replace("\r\n", "\n") for r in references],
+            "references": references,
+            "reference_code": [gold[r["task_id"]].replace("\r\n", "\n") for r in train],
             "base": load_base(model_dir, DTYPES[args.dtype]).eval(),
             "journal": AnswerJournal(args.out / "answers.jsonl"),
         }
