@@ -24,7 +24,7 @@ Every cell is journaled: answers per statement in OUT/answers.jsonl (a statement
 cell, and a killed run resumes without asking again), each finished cell in OUT/<row>/seed<s>/result.json
 (skipped on a rerun). OUT/summary.md has the table; the last line printed is
 `downstream_pass1_delta: X +- SE` (the paper form minus `l1_only`, mean over the paired seeds, with the
-standard error of that mean).
+standard error of that mean), followed by the standard error of the same difference over the test problems.
 
     make model-qwen
     .venv/bin/python bench/downstream_regime.py --out outputs/downstream_regime --seeds 0 1 2
@@ -191,6 +191,16 @@ def paired(cells: list[dict[str, Any]], a: str, b: str, key: str) -> tuple[float
     return float(np.mean(diffs)), float(np.std(diffs, ddof=1) / math.sqrt(len(diffs))), len(diffs)
 
 
+def problem_se(args: argparse.Namespace, a: str, b: str, seeds: list[int]) -> float:
+    """Standard error of the Pass@1 difference a - b from the choice of test problems: per problem, the
+    difference averaged over the paired seeds; its spread over problems (the seed SE is that of training)."""
+    def passed(row: str, seed: int) -> np.ndarray:
+        return np.array([r["result"] == "passed" for r in read_jsonl(cell_dir(args, row, seed) / "pass_at_1.jsonl")], float)
+
+    per_problem = np.mean([passed(a, s) - passed(b, s) for s in seeds], axis=0)
+    return float(np.std(per_problem, ddof=1) / math.sqrt(len(per_problem)))
+
+
 def summary(cells: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str, str]:
     """summary.md, and the headline line (paper form minus l1_only in Pass@1)."""
     rows = [row for row in dict.fromkeys(["base", "references", *(c["row"] for c in cells)]) if any(c["row"] == row for c in cells)]
@@ -207,16 +217,23 @@ def summary(cells: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str,
         minutes = np.mean([c["total_s"] for c in mine]) / 60
         seeds = ",".join(str(c["seed"]) for c in mine if c["seed"] is not None) or "-"
         lines.append(f"| `{row}` | {seeds} | " + " | ".join(values) + f" | {minutes:.1f} |")
-    lines += ["", "Paired differences (same seed), mean ± standard error of the mean:", ""]
-    lines += ["| a - b | seeds | " + " | ".join(title for _, title, _ in MEASURES[:3]) + " |", "| --- | --- |" + " --- |" * 3]
+    lines += ["", "Paired differences (same seed), mean ± standard error of the mean over seeds (the spread of "
+              "training); Pass@1 also with its standard error over the test problems (the spread of the problems "
+              "drawn, per problem the difference averaged over the seeds):", ""]
+    lines += ["| a - b | seeds | " + " | ".join(title for _, title, _ in MEASURES[:3]) + " | Pass@1 SE over problems |",
+              "| --- | --- |" + " --- |" * 4]
     headline = "downstream_pass1_delta: n/a (no seed of both domino_lambda1.0 and l1_only finished)"
     for a, b in PAIRED:
         results = [paired(cells, a, b, key) for key, _, _ in MEASURES[:3]]
         if results[0] is None:
             continue
-        lines.append(f"| `{a}` - `{b}` | {results[0][2]} | " + " | ".join(f"{m:+.3f} ± {s:.3f}" for m, s, _ in results) + " |")
+        seeds = sorted({c["seed"] for c in cells if c["row"] == a} & {c["seed"] for c in cells if c["row"] == b})
+        over_problems = problem_se(args, a, b, seeds)
+        lines.append(f"| `{a}` - `{b}` | {results[0][2]} | " + " | ".join(f"{m:+.3f} ± {s:.3f}" for m, s, _ in results)
+                     + f" | {over_problems:.3f} |")
         if (a, b) == PAIRED[0]:
-            headline = f"downstream_pass1_delta: {results[0][0]:+.4f} +- {results[0][1]:.4f} ({results[0][2]} paired seeds)"
+            headline = (f"downstream_pass1_delta: {results[0][0]:+.4f} +- {results[0][1]:.4f} ({results[0][2]} paired seeds;"
+                        f" SE over the {args.num_pass} problems {over_problems:.4f})")
     return "\n".join(lines) + "\n", headline
 
 
