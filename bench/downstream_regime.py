@@ -24,7 +24,7 @@ Every cell is journaled: answers per statement in OUT/answers.jsonl (a statement
 cell, and a killed run resumes without asking again), each finished cell in OUT/<row>/seed<s>/result.json
 (skipped on a rerun). OUT/summary.md has the table; the last line printed is
 `downstream_pass1_delta: X +- SE` (the paper form minus `l1_only`, mean over the paired seeds, with the
-standard error of that mean), followed by the standard error of the same difference over the test problems.
+standard error of that mean; in parentheses, the standard error of the same difference over the test problems).
 
     make model-qwen
     .venv/bin/python bench/downstream_regime.py --out outputs/downstream_regime --seeds 0 1 2
@@ -182,13 +182,18 @@ def mean_sd(values: list[float], digits: int) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}" if len(values) > 1 else f"{values[0]:.{digits}f}"
 
 
-def paired(cells: list[dict[str, Any]], a: str, b: str, key: str) -> tuple[float, float, int] | None:
-    """Mean over seeds of a - b (seeds both rows finished) and the standard error of that mean."""
+def common_seeds(cells: list[dict[str, Any]], a: str, b: str) -> list[int]:
+    """The seeds both rows finished: the pairs of every paired difference."""
+    return sorted({c["seed"] for c in cells if c["row"] == a} & {c["seed"] for c in cells if c["row"] == b})
+
+
+def paired(cells: list[dict[str, Any]], a: str, b: str, key: str, seeds: list[int]) -> tuple[float, float]:
+    """Mean over the paired seeds of a - b and the standard error of that mean."""
     by = {(c["row"], c["seed"]): c[key] for c in cells}
-    diffs = [by[a, s] - by[b, s] for (row, s) in by if row == a and (b, s) in by]
+    diffs = [by[a, s] - by[b, s] for s in seeds]
     if len(diffs) < 2:
-        return (diffs[0], float("nan"), 1) if diffs else None
-    return float(np.mean(diffs)), float(np.std(diffs, ddof=1) / math.sqrt(len(diffs))), len(diffs)
+        return diffs[0], float("nan")
+    return float(np.mean(diffs)), float(np.std(diffs, ddof=1) / math.sqrt(len(diffs)))
 
 
 def problem_se(args: argparse.Namespace, a: str, b: str, seeds: list[int]) -> float:
@@ -224,15 +229,14 @@ def summary(cells: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str,
               "| --- | --- |" + " --- |" * 4]
     headline = "downstream_pass1_delta: n/a (no seed of both domino_lambda1.0 and l1_only finished)"
     for a, b in PAIRED:
-        results = [paired(cells, a, b, key) for key, _, _ in MEASURES[:3]]
-        if results[0] is None:
+        if not (seeds := common_seeds(cells, a, b)):
             continue
-        seeds = sorted({c["seed"] for c in cells if c["row"] == a} & {c["seed"] for c in cells if c["row"] == b})
+        results = [paired(cells, a, b, key, seeds) for key, _, _ in MEASURES[:3]]
         over_problems = problem_se(args, a, b, seeds)
-        lines.append(f"| `{a}` - `{b}` | {results[0][2]} | " + " | ".join(f"{m:+.3f} ± {s:.3f}" for m, s, _ in results)
+        lines.append(f"| `{a}` - `{b}` | {len(seeds)} | " + " | ".join(f"{m:+.3f} ± {s:.3f}" for m, s in results)
                      + f" | {over_problems:.3f} |")
         if (a, b) == PAIRED[0]:
-            headline = (f"downstream_pass1_delta: {results[0][0]:+.4f} +- {results[0][1]:.4f} ({results[0][2]} paired seeds;"
+            headline = (f"downstream_pass1_delta: {results[0][0]:+.4f} +- {results[0][1]:.4f} ({len(seeds)} paired seeds;"
                         f" SE over the {args.num_pass} problems {over_problems:.4f})")
     return "\n".join(lines) + "\n", headline
 
